@@ -1,0 +1,27 @@
+//! mini-scan: keeps the newest observation of every scanned service, from
+//! Google Cloud Pub/Sub, in PostgreSQL.
+//!
+//! # Layout
+//!
+//! * [`pipeline`]: the generic stage machinery (envelopes carrying ack handles,
+//!   combinators, instrumentation, shutdown). Knows nothing about scans.
+//! * [`stages`]: the concrete stages, one module each: source, decode, dedup,
+//!   batch, write, ack.
+//! * [`config`]: the command line; every setting is a flag with an env var.
+//! * [`db`]: the connection pool and migrations.
+//! * [`pubsub`]: building Pub/Sub clients (emulator aware) and resource names.
+//! * [`telemetry`]: logs, the metrics registry, and the `/metrics`, `/healthz`
+//!   and `/readyz` endpoints.
+//! * [`app`]: the subcommands (`migrate`, `ingest`, `scan`, `setup`) wired up.
+//! * [`scan`]: the synthetic scanner and load generator.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod pipeline;
+pub mod pubsub;
+pub mod scan;
+pub mod stages;
+pub mod telemetry;

@@ -1,0 +1,48 @@
+//! The `mini-scan` binary: parses the command line and runs a subcommand.
+
+use clap::Parser;
+use mini_scan::config::{Cli, Command, one_line_error};
+use mini_scan::{app, telemetry};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("mini-scan: {}", one_line_error(&e));
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mini-scan: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Migrate(args) => app::migrate(args).await,
+            Command::Ingest(args) => app::ingest(args).await.map(|_| ()),
+            Command::Scan(args) => app::scan(args).await,
+            Command::Setup(args) => app::setup(args).await,
+        }
+    });
+    // Background tasks (metrics server, probes) end with the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes.
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("mini-scan: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Per-stage counting, flushed to the metrics registry once per burst.
+//!
+//! Touching the registry (a label lookup and atomic adds) per message would cost
+//! more than most stages' own work, so per-item stages count into a [`Tally`],
+//! a plain local array, and flush it when their input runs dry (the stream
+//! returns `Pending` or ends) or every [`FLUSH_EVERY`] items under load.
+
+use futures::Stream;
+use metrics::{counter, histogram};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Items after which a busy stage flushes its tally even though its input has
+/// not run dry: bounds how stale `/metrics` can be under sustained load
+/// (1024 messages is well under a second at any rate we reach) while keeping
+/// registry work per message negligible.
+pub const FLUSH_EVERY: u64 = 1024;
+
+/// The name of the counter every stage reports into.
+pub const MESSAGES_TOTAL: &str = "miniscan_messages_total";
+/// Time a stage spends on its work: per message for per-item stages (the mean
+/// over a flushed burst), per batch for batch stages.
+pub const STAGE_DURATION: &str = "miniscan_stage_duration_seconds";
+
+/// Local counts of one stage's outcomes, flushed to the registry in bulk.
+#[derive(Debug)]
+pub struct Tally {
+    stage: &'static str,
+    /// Few distinct outcomes per stage, so a linear scan beats hashing.
+    counts: Vec<(&'static str, u64)>,
+    items: u64,
+    busy: Duration,
+}
+
+impl Tally {
+    /// An empty tally for `stage`.
+    pub fn new(stage: &'static str) -> Self {
+        Self {
+            stage,
+            counts: Vec::with_capacity(4),
+            items: 0,
+            busy: Duration::ZERO,
+        }
+    }
+
+    /// Counts one item with `outcome`.
+    #[inline]
+    pub fn count(&mut self, outcome: &'static str) {
+        self.add(outcome, 1);
+    }
+
+    /// Counts `n` items with `outcome`.
+    #[inline]
+    pub fn add(&mut self, outcome: &'static str, n: u64) {
+        self.items += n;
+        match self.counts.iter_mut().find(|(o, _)| *o == outcome) {
+            Some((_, c)) => *c += n,
+            None => self.counts.push((outcome, n)),
+        }
+    }
+
+    /// Adds time spent working.
+    #[inline]
+    pub fn busy(&mut self, d: Duration) {
+        self.busy += d;
+    }
+
+    /// Items counted since the last flush.
+    pub fn pending(&self) -> u64 {
+        self.items
+    }
+
+    /// Writes the counts and the busy time to the registry and resets them.
+    /// `per_item` records the busy time as a per-item mean; otherwise as one
+    /// observation (a batch stage's time for one batch).
+    pub fn flush(&mut self, per_item: bool) {
+        if self.items == 0 {
+            return;
+        }
+        let busy = if per_item {
+            self.busy.as_secs_f64() / self.items as f64
+        } else {
+            self.busy.as_secs_f64()
+        };
+        histogram!(STAGE_DURATION, "stage" => self.stage).record(busy);
+        self.busy = Duration::ZERO;
+        self.flush_counts();
+    }
+
+    /// Writes only the counts to the registry and resets them; returns how
+    /// many items they held.
+    pub fn flush_counts(&mut self) -> u64 {
+        for (outcome, n) in self.counts.iter_mut() {
+            if *n > 0 {
+                counter!(MESSAGES_TOTAL, "stage" => self.stage, "outcome" => *outcome).increment(*n);
+                *n = 0;
+            }
+        }
+        std::mem::take(&mut self.items)
+    }
+}
+
+/// Messages received and not yet settled.
+pub const INFLIGHT: &str = "miniscan_inflight_messages";
+
+pin_project_lite::pin_project! {
+    /// Counts the items a source yields (`outcome="received"`) and adds them to
+    /// the in-flight gauge, a burst at a time.
+    #[derive(Debug)]
+    pub struct Counted<S> {
+        #[pin]
+        inner: S,
+        tally: Tally,
+    }
+}
+
+impl<S> Counted<S> {
+    pub(crate) fn new(inner: S, stage: &'static str) -> Self {
+        Self {
+            inner,
+            tally: Tally::new(stage),
+        }
+    }
+}
+
+fn flush_received(tally: &mut Tally) {
+    let n = tally.flush_counts();
+    if n > 0 {
+        metrics::gauge!(INFLIGHT).increment(n as f64);
+    }
+}
+
+impl<S: Stream> Stream for Counted<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = self.project();
+        match this.inner.poll_next(cx) {
+            Poll::Ready(Some(item)) => {
+                this.tally.count("received");
+                if this.tally.pending() >= FLUSH_EVERY {
+                    flush_received(this.tally);
+                }
+                Poll::Ready(Some(item))
+            }
+            other => {
+                flush_received(this.tally);
+                other
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}

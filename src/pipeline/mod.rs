@@ -1,0 +1,105 @@
+//! The generic stage machinery. Nothing in here knows about scans.
+//!
+//! A pipeline is a `futures::Stream` of [`Envelope`]s: a payload travelling
+//! together with the handle that acknowledges it. Stages are composed with the
+//! combinators of [`PipelineExt`], so that the top level reads like the diagram:
+//!
+//! ```text
+//! source.transform(decode).transform(dedup).batch(..).write(sink, n).ack()
+//! ```
+//!
+//! The rules every stage follows:
+//!
+//! * The ack handle travels with the data and only the last stage ([`ack`])
+//!   settles it, as the sink decided ([`Settle`]).
+//! * Every stage counts what goes in and out of it in
+//!   `miniscan_messages_total{stage,outcome}`. Per-item stages count into a
+//!   local tally that is flushed to the metrics registry once per burst (when
+//!   their input runs dry, or every [`instrument::FLUSH_EVERY`] items), so the
+//!   registry is touched per batch, not per message.
+//! * Shutdown is explicit ([`shutdown`]): the source stops, every later stage
+//!   drains what it holds, and the last ack ends the pipeline.
+
+pub mod ack;
+pub mod backoff;
+pub mod batch;
+pub mod envelope;
+pub mod instrument;
+pub mod shutdown;
+pub mod sink;
+pub mod transform;
+
+pub use ack::{Ack, AckSummary};
+pub use backoff::Backoff;
+pub use envelope::{Acknowledge, Envelope, Settle, Settlement};
+pub use instrument::Tally;
+pub use shutdown::Shutdown;
+pub use sink::Sink;
+pub use transform::Transform;
+
+use futures::Stream;
+use std::time::Duration;
+
+/// The combinators that compose a pipeline out of stages.
+pub trait PipelineExt<T, A>: Stream<Item = Envelope<T, A>> + Sized {
+    /// Applies a per-item [`Transform`] to every payload, counting outcomes.
+    fn transform<X>(self, stage: X) -> transform::TransformStream<Self, X>
+    where
+        X: Transform<In = T>,
+    {
+        transform::TransformStream::new(self, stage)
+    }
+
+    /// Groups items into batches of at most `max_items`, emitting a partial
+    /// batch once `max_wait` has passed since its first item.
+    fn batch(
+        self,
+        stage: &'static str,
+        max_items: usize,
+        max_wait: Duration,
+    ) -> batch::BatchStream<Self, Envelope<T, A>> {
+        batch::BatchStream::new(self, stage, max_items, max_wait)
+    }
+
+    /// Counts items leaving a source under `stage` with the outcome `received`.
+    fn source(self, stage: &'static str) -> instrument::Counted<Self> {
+        instrument::Counted::new(self, stage)
+    }
+}
+
+impl<S, T, A> PipelineExt<T, A> for S where S: Stream<Item = Envelope<T, A>> {}
+
+/// The combinators that apply to a stream of batches.
+pub trait BatchPipelineExt<T, A>: Stream<Item = Vec<Envelope<T, A>>> + Sized {
+    /// Hands each batch to `sink`, with at most `concurrency` batches in flight,
+    /// and yields the settled envelopes in the order the batches arrived.
+    fn write<K>(self, sink: K, concurrency: usize) -> impl Stream<Item = Vec<Envelope<K::Out, A>>>
+    where
+        K: Sink<A, In = T>,
+        A: Acknowledge,
+    {
+        sink::write(self, sink, concurrency)
+    }
+}
+
+impl<S, T, A> BatchPipelineExt<T, A> for S where S: Stream<Item = Vec<Envelope<T, A>>> {}
+
+/// The last stage: settles every envelope as its payload says.
+pub trait SettleExt<T, A>: Stream<Item = Vec<Envelope<T, A>>> + Sized
+where
+    T: Settle,
+    A: Acknowledge,
+{
+    /// Acks or nacks every envelope; the future ends when the stream does.
+    fn ack(self) -> Ack<Self> {
+        Ack::new(self)
+    }
+}
+
+impl<S, T, A> SettleExt<T, A> for S
+where
+    S: Stream<Item = Vec<Envelope<T, A>>>,
+    T: Settle,
+    A: Acknowledge,
+{
+}

@@ -1,0 +1,322 @@
+//! The synthetic scanner: publishes scan results the way the original scanner
+//! does (one a second, a random IPv4 in 1.1.1.0/24, port 0..65534, service
+//! HTTP/SSH/DNS, "service response: N", V1 or V2 at random), and doubles as a
+//! load generator (rate, key space, duplicates, disorder, malformed messages,
+//! response size, seed).
+
+use crate::config::ScanArgs;
+use base64::Engine as _;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const SERVICES: [&str; 3] = ["HTTP", "SSH", "DNS"];
+/// Messages remembered for exact repeats.
+const RECENT: usize = 1024;
+/// With a seed, timestamps come from a virtual clock that starts here and
+/// advances one second per this many messages, so the same seed publishes
+/// byte-identical messages on every run.
+const SEEDED_EPOCH: i64 = 1_700_000_000;
+const SEEDED_PER_SECOND: u64 = 1000;
+
+/// What the generator makes.
+#[derive(Clone, Debug)]
+pub struct GenConfig {
+    /// Key-space size (None: the original scanner's).
+    pub keys: Option<u64>,
+    /// Fraction in V1 format.
+    pub v1_ratio: f64,
+    /// Fraction repeating an earlier message exactly.
+    pub duplicate_ratio: f64,
+    /// Fraction with an older timestamp.
+    pub out_of_order_ratio: f64,
+    /// Fraction malformed.
+    pub malformed_ratio: f64,
+    /// Response size (None: "service response: N").
+    pub response_bytes: Option<usize>,
+    /// Seed (None: random, wall-clock timestamps).
+    pub seed: Option<u64>,
+}
+
+impl From<&ScanArgs> for GenConfig {
+    fn from(a: &ScanArgs) -> Self {
+        Self {
+            keys: a.keys,
+            v1_ratio: a.v1_ratio,
+            duplicate_ratio: a.duplicate_ratio,
+            out_of_order_ratio: a.out_of_order_ratio,
+            malformed_ratio: a.malformed_ratio,
+            response_bytes: a.response_bytes,
+            seed: a.seed,
+        }
+    }
+}
+
+/// One malformed message of each dead-letter kind, in turn.
+pub const MALFORMED: [&str; 10] = [
+    "this is not json",
+    r#"{"port":80,"service":"HTTP","timestamp":1700000000,"data_version":2,"data":{"response_str":"x"}}"#,
+    r#"{"ip":"1.1.1.1","port":"80","service":"HTTP","timestamp":1700000000,"data_version":2,"data":{"response_str":"x"}}"#,
+    r#"{"ip":"1.1.1.999","port":80,"service":"HTTP","timestamp":1700000000,"data_version":2,"data":{"response_str":"x"}}"#,
+    r#"{"ip":"1.1.1.1","port":70000,"service":"HTTP","timestamp":1700000000,"data_version":2,"data":{"response_str":"x"}}"#,
+    r#"{"ip":"1.1.1.1","port":80,"service":"","timestamp":1700000000,"data_version":2,"data":{"response_str":"x"}}"#,
+    r#"{"ip":"1.1.1.1","port":80,"service":"HTTP","timestamp":999999999999999,"data_version":2,"data":{"response_str":"x"}}"#,
+    r#"{"ip":"1.1.1.1","port":80,"service":"HTTP","timestamp":1700000000,"data_version":3,"data":{"response_str":"x"}}"#,
+    r#"{"ip":"1.1.1.1","port":80,"service":"HTTP","timestamp":1700000000,"data_version":1,"data":{}}"#,
+    r#"{"ip":"1.1.1.1","port":80,"service":"HTTP","timestamp":1700000000,"data_version":1,"data":{"response_bytes_utf8":"%%%"}}"#,
+];
+
+/// Makes scan messages.
+#[derive(Debug)]
+pub struct Generator {
+    cfg: GenConfig,
+    rng: StdRng,
+    recent: Vec<Vec<u8>>,
+    seq: u64,
+}
+
+impl Generator {
+    /// A generator; the same config with a seed makes the same messages.
+    pub fn new(cfg: GenConfig) -> Self {
+        let rng = match cfg.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            cfg,
+            rng,
+            recent: Vec::with_capacity(RECENT),
+            seq: 0,
+        }
+    }
+
+    fn now(&self) -> i64 {
+        match self.cfg.seed {
+            Some(_) => SEEDED_EPOCH + (self.seq / SEEDED_PER_SECOND) as i64,
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+        }
+    }
+
+    /// The next message's data.
+    pub fn next_message(&mut self) -> Vec<u8> {
+        self.seq += 1;
+        let r: f64 = self.rng.random();
+        let c = &self.cfg;
+        if r < c.duplicate_ratio && !self.recent.is_empty() {
+            let i = self.rng.random_range(0..self.recent.len());
+            return self.recent[i].clone();
+        }
+        if r < c.duplicate_ratio + c.malformed_ratio {
+            return MALFORMED[(self.seq % MALFORMED.len() as u64) as usize].as_bytes().to_vec();
+        }
+        let out_of_order = r < c.duplicate_ratio + c.malformed_ratio + c.out_of_order_ratio;
+        let (ip, port, service) = match c.keys {
+            Some(k) => {
+                let idx = self.rng.random_range(0..k);
+                let service = SERVICES[(idx % 3) as usize];
+                let port = ((idx / 3) % 65535) as u16;
+                let ip = Ipv4Addr::from(0x0101_0100u32.wrapping_add((idx / 3 / 65535) as u32));
+                (ip, port, service)
+            }
+            None => (
+                Ipv4Addr::new(1, 1, 1, self.rng.random_range(0..=255)),
+                self.rng.random_range(0..65535),
+                SERVICES[self.rng.random_range(0..3)],
+            ),
+        };
+        let mut timestamp = self.now();
+        if out_of_order {
+            timestamp -= self.rng.random_range(1..=3600);
+        }
+        let response: Vec<u8> = match c.response_bytes {
+            None => format!("service response: {}", self.rng.random_range(0..100)).into_bytes(),
+            Some(n) => (0..n).map(|_| self.rng.random_range(b'a'..=b'z')).collect(),
+        };
+        let v1 = self.rng.random_bool(c.v1_ratio);
+        let data = if v1 {
+            serde_json::json!({ "response_bytes_utf8": base64::engine::general_purpose::STANDARD.encode(&response) })
+        } else {
+            serde_json::json!({ "response_str": String::from_utf8_lossy(&response) })
+        };
+        let msg = serde_json::json!({
+            "ip": ip.to_string(),
+            "port": port,
+            "service": service,
+            "timestamp": timestamp,
+            "data_version": if v1 { 1 } else { 2 },
+            "data": data,
+        });
+        let bytes = msg.to_string().into_bytes();
+        if self.recent.len() < RECENT {
+            self.recent.push(bytes.clone());
+        } else {
+            let i = (self.seq as usize) % RECENT;
+            self.recent[i] = bytes.clone();
+        }
+        bytes
+    }
+}
+
+/// What a scan run published.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Published {
+    /// Messages the server accepted.
+    pub ok: u64,
+    /// Messages that failed to publish.
+    pub failed: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Most publishes awaiting the server's answer: enough to keep the client's
+/// batches full at ~100k msg/s, few enough to bound memory.
+const MAX_PENDING: usize = 50_000;
+
+/// Publishes messages until `count` is reached or `stop` resolves.
+pub async fn publish(
+    args: &ScanArgs,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Published> {
+    use anyhow::Context as _;
+    let cfg = args.pubsub.config();
+    let topic = cfg.topic_path(&args.topic);
+    let publisher = cfg
+        .publisher(&topic, args.publish_batch)
+        .await
+        .with_context(|| format!("cannot build a publisher for {topic}"))?;
+    let mut generator = Generator::new(GenConfig::from(args));
+    let mut pending = FuturesUnordered::new();
+    let mut out = Published::default();
+    let started = tokio::time::Instant::now();
+    let mut stop = std::pin::pin!(stop);
+    let mut sent: u64 = 0;
+    let mut last_error: Option<String> = None;
+    let mut settle = |r: Result<String, google_cloud_pubsub::error::PublishError>, out: &mut Published| match r {
+        Ok(_) => out.ok += 1,
+        Err(e) => {
+            out.failed += 1;
+            last_error = Some(e.to_string());
+        }
+    };
+    loop {
+        if args.count.is_some_and(|c| sent >= c) {
+            break;
+        }
+        if args.rate > 0.0 {
+            let due = started + Duration::from_secs_f64(sent as f64 / args.rate);
+            if due > tokio::time::Instant::now() {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = &mut stop => break,
+                    Some(r) = pending.next(), if !pending.is_empty() => { settle(r, &mut out); continue; }
+                }
+            }
+        } else if futures::poll!(&mut stop).is_ready() {
+            break;
+        }
+        let msg = google_cloud_pubsub::model::Message::new().set_data(generator.next_message());
+        pending.push(publisher.publish(msg));
+        sent += 1;
+        while pending.len() >= MAX_PENDING {
+            if let Some(r) = pending.next().await {
+                settle(r, &mut out);
+            }
+        }
+        if sent.is_multiple_of(10_000) {
+            tracing::debug!(sent, "publishing");
+        }
+    }
+    while let Some(r) = pending.next().await {
+        settle(r, &mut out);
+    }
+    out.elapsed = started.elapsed();
+    if let Some(e) = last_error {
+        tracing::error!(failed = out.failed, last_error = %e, "some messages were not published");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::decode::decode;
+
+    fn cfg(seed: u64) -> GenConfig {
+        GenConfig {
+            keys: Some(100),
+            v1_ratio: 0.5,
+            duplicate_ratio: 0.1,
+            out_of_order_ratio: 0.2,
+            malformed_ratio: 0.1,
+            response_bytes: None,
+            seed: Some(seed),
+        }
+    }
+
+    #[test]
+    fn the_same_seed_makes_the_same_messages() {
+        let a: Vec<Vec<u8>> = {
+            let mut g = Generator::new(cfg(7));
+            (0..500).map(|_| g.next_message()).collect()
+        };
+        let mut g = Generator::new(cfg(7));
+        let b: Vec<Vec<u8>> = (0..500).map(|_| g.next_message()).collect();
+        assert_eq!(a, b);
+        let mut g = Generator::new(cfg(8));
+        let c: Vec<Vec<u8>> = (0..500).map(|_| g.next_message()).collect();
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn ratios_and_key_space_hold() {
+        let mut g = Generator::new(cfg(1));
+        let n = 20_000;
+        let mut bad = 0;
+        let mut keys = std::collections::HashSet::new();
+        for _ in 0..n {
+            match decode(&g.next_message()) {
+                Ok(o) => {
+                    keys.insert(o.key);
+                }
+                Err(_) => bad += 1,
+            }
+        }
+        let bad_ratio = bad as f64 / n as f64;
+        assert!((0.08..0.12).contains(&bad_ratio), "malformed ratio {bad_ratio}");
+        assert!(keys.len() <= 100 && keys.len() > 90, "{} keys", keys.len());
+    }
+
+    #[test]
+    fn every_malformed_template_is_a_dead_letter() {
+        for m in MALFORMED {
+            assert!(decode(m.as_bytes()).is_err(), "{m}");
+        }
+    }
+
+    #[test]
+    fn default_messages_look_like_the_original_scanner() {
+        let mut g = Generator::new(GenConfig {
+            keys: None,
+            v1_ratio: 0.5,
+            duplicate_ratio: 0.0,
+            out_of_order_ratio: 0.0,
+            malformed_ratio: 0.0,
+            response_bytes: None,
+            seed: Some(3),
+        });
+        for _ in 0..200 {
+            let o = decode(&g.next_message()).unwrap();
+            let std::net::IpAddr::V4(ip) = o.key.ip else { panic!() };
+            assert_eq!(ip.octets()[..3], [1, 1, 1]);
+            assert!(o.key.port < 65535);
+            assert!(SERVICES.contains(&o.key.service.as_str()));
+            assert!(o.response.starts_with("service response: "));
+        }
+    }
+}

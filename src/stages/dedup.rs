@@ -1,0 +1,191 @@
+//! Dedup: drops work the database has provably already done.
+//!
+//! In: [`Record`]s. Out: the same records, except that a scan whose [`Order`]
+//! is not newer than the newest order *committed* for its key becomes
+//! [`Record::Stale`], which the write stage acks without touching the database
+//! (a redelivery, a duplicate, or an older scan arriving late).
+//!
+//! The cache ([`CommittedOrders`], a bounded moka cache) learns a key's order
+//! only after the transaction that stored it (or a newer one) has committed,
+//! so it is always a lower bound of the table. An evicted or missing entry
+//! only costs a database round trip: correctness never depends on the cache.
+//!
+//! Metrics: `miniscan_messages_total{stage="dedup",outcome="pass"|"stale"}`,
+//! `miniscan_cache_lookups_total{result="hit"|"miss"}`, and
+//! `miniscan_cache_entries` (published by [`CommittedOrders::publish_metrics`]).
+
+use super::{Order, Record, ScanKey};
+use crate::pipeline::Transform;
+use metrics::{counter, gauge};
+use moka::sync::Cache;
+
+/// The newest order committed per key, as far as this process knows.
+#[derive(Clone)]
+pub struct CommittedOrders {
+    cache: Cache<ScanKey, Order>,
+}
+
+impl std::fmt::Debug for CommittedOrders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommittedOrders")
+            .field("entries", &self.cache.entry_count())
+            .finish()
+    }
+}
+
+impl CommittedOrders {
+    /// A cache holding at most `capacity` keys (0 disables it).
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            cache: Cache::builder().max_capacity(capacity).build(),
+        }
+    }
+
+    /// Whether `order` is provably not newer than what is committed for `key`.
+    pub fn is_stale(&self, key: &ScanKey, order: &Order) -> Option<bool> {
+        self.cache.get(key).map(|committed| *order <= committed)
+    }
+
+    /// Records that `order` (or something newer) is committed for `key`. Call
+    /// only after the commit.
+    pub fn committed(&self, key: &ScanKey, order: &Order) {
+        match self.cache.get(key) {
+            Some(known) if known >= *order => {}
+            _ => self.cache.insert(key.clone(), order.clone()),
+        }
+    }
+
+    /// Keys held (approximate, as moka counts lazily).
+    pub fn entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Publishes `miniscan_cache_entries`.
+    pub fn publish_metrics(&self) {
+        self.cache.run_pending_tasks();
+        gauge!("miniscan_cache_entries").set(self.cache.entry_count() as f64);
+    }
+}
+
+/// The dedup stage.
+#[derive(Debug)]
+pub struct Dedup {
+    orders: CommittedOrders,
+    hits: u64,
+    misses: u64,
+}
+
+impl Dedup {
+    /// A dedup stage over `orders`, shared with the write stage that fills it.
+    pub fn new(orders: CommittedOrders) -> Self {
+        Self {
+            orders,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.hits > 0 {
+            counter!("miniscan_cache_lookups_total", "result" => "hit").increment(self.hits);
+        }
+        if self.misses > 0 {
+            counter!("miniscan_cache_lookups_total", "result" => "miss").increment(self.misses);
+        }
+        self.hits = 0;
+        self.misses = 0;
+    }
+}
+
+impl Drop for Dedup {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+impl Transform for Dedup {
+    type In = Record;
+    type Out = Record;
+
+    fn name(&self) -> &'static str {
+        "dedup"
+    }
+
+    fn apply(&mut self, record: Record) -> (Record, &'static str) {
+        let Record::Scan(scan) = record else {
+            return (record, "pass");
+        };
+        let stale = match self.orders.is_stale(&scan.key, &scan.order) {
+            Some(stale) => {
+                self.hits += 1;
+                stale
+            }
+            None => {
+                self.misses += 1;
+                false
+            }
+        };
+        // Cache counters ride on the stage's burst: flushed in bulk.
+        if self.hits + self.misses >= crate::pipeline::instrument::FLUSH_EVERY {
+            self.flush();
+        }
+        if stale {
+            (Record::Stale, "stale")
+        } else {
+            (Record::Scan(scan), "pass")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::Scan;
+
+    fn scan(ts: i64, id: &str) -> Record {
+        Record::Scan(Scan {
+            key: ScanKey {
+                ip: "1.2.3.4".parse().unwrap(),
+                port: 80,
+                service: "HTTP".into(),
+            },
+            order: Order {
+                timestamp: ts,
+                published_micros: 0,
+                message_id: id.into(),
+            },
+            response: String::new(),
+            response_raw: None,
+            payload: Default::default(),
+        })
+    }
+
+    #[test]
+    fn only_what_is_committed_makes_later_scans_stale() {
+        let orders = CommittedOrders::new(100);
+        let mut dedup = Dedup::new(orders.clone());
+        // Nothing committed yet: everything passes, even repeats.
+        assert_eq!(dedup.apply(scan(10, "a")).1, "pass");
+        assert_eq!(dedup.apply(scan(10, "a")).1, "pass");
+        let Record::Scan(s) = scan(10, "a") else { unreachable!() };
+        orders.committed(&s.key, &s.order);
+        assert_eq!(dedup.apply(scan(10, "a")).1, "stale", "a redelivery");
+        assert_eq!(dedup.apply(scan(9, "z")).1, "stale", "an older scan");
+        assert_eq!(dedup.apply(scan(10, "b")).1, "pass", "a tie broken by message id");
+        assert_eq!(dedup.apply(scan(11, "a")).1, "pass", "a newer scan");
+        // An older commit never lowers what is known.
+        let Record::Scan(old) = scan(5, "a") else { unreachable!() };
+        orders.committed(&old.key, &old.order);
+        assert_eq!(dedup.apply(scan(9, "z")).1, "stale");
+    }
+
+    #[test]
+    fn a_zero_capacity_cache_passes_everything() {
+        let orders = CommittedOrders::new(0);
+        let mut dedup = Dedup::new(orders.clone());
+        let Record::Scan(s) = scan(10, "a") else { unreachable!() };
+        orders.committed(&s.key, &s.order);
+        orders.publish_metrics();
+        assert_eq!(dedup.apply(scan(10, "a")).1, "pass");
+    }
+}

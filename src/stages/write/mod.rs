@@ -1,0 +1,425 @@
+//! Write: commits a batch to PostgreSQL and decides each message's fate.
+//!
+//! In: a batch of [`Record`]s. Out: the same messages, each with a [`Written`]
+//! verdict for the ack stage. The batch is collapsed to one row per key
+//! (newest wins, [`merge::newest_per_key`]), sorted by key, binary-COPied into
+//! a temporary table and merged with one `INSERT .. ON CONFLICT .. DO UPDATE
+//! .. WHERE newer`; its dead letters go in the same transaction.
+//!
+//! Faults:
+//! * Transient errors (connection lost, server restarting, deadlock,
+//!   serialization failure; decided by SQLSTATE) retry the whole batch with
+//!   capped exponential backoff, forever: the pipeline pauses (batches stop
+//!   flowing, so the source stops pulling) and resumes by itself when the
+//!   database returns. `/readyz` reports the database down meanwhile.
+//! * A batch the database rejects for its data is bisected until the
+//!   offending messages are isolated; they become dead letters
+//!   (`rejected_by_database`) and the rest commits, so one bad message never
+//!   blocks the subscription.
+//! * On shutdown, once the grace period is over, a batch still failing is
+//!   given up: its messages are nacked and delivered again later.
+//!
+//! Only after the commit does the dedup cache learn the committed orders.
+//!
+//! Metrics: `miniscan_messages_total{stage="write",outcome}` (outcomes
+//! `stored`, `superseded`, `stale`, `dead_letter`, `nack`),
+//! `miniscan_write_duration_seconds`, `miniscan_rows_written_total`,
+//! `miniscan_dead_letters_total{reason}`,
+//! `miniscan_freshness_lag_seconds{reference="scan"|"publish"}`,
+//! `miniscan_errors_total{stage="write",kind="transient"|"rejected"}`.
+
+pub mod merge;
+pub mod sql;
+
+use super::dedup::CommittedOrders;
+use super::{DeadLetter, Record, Scan, now_micros};
+use crate::pipeline::{Acknowledge, Backoff, Envelope, Settle, Settlement, Shutdown, Sink};
+use std::future::Future;
+use crate::telemetry::Health;
+use metrics::{counter, histogram};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::error::SqlState;
+
+/// What happened to one message at the write stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Its row is committed (it changed the table).
+    Stored,
+    /// A newer observation of its key is committed (in this batch or before).
+    Superseded,
+    /// The dedup cache proved it not newer than what is committed.
+    Stale,
+    /// Its dead letter is committed.
+    DeadLetter,
+    /// Given up during shutdown: to be delivered again.
+    Nack,
+}
+
+impl Settle for Written {
+    fn settlement(&self) -> Settlement {
+        match self {
+            Written::Nack => Settlement::Nack,
+            _ => Settlement::Ack,
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            Written::Stored => "stored",
+            Written::Superseded => "superseded",
+            Written::Stale => "stale",
+            Written::DeadLetter => "dead_letter",
+            Written::Nack => "nack",
+        }
+    }
+}
+
+/// An error from one attempt to commit a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// No connection could be had from the pool.
+    #[error("no database connection")]
+    Pool(#[source] deadpool_postgres::PoolError),
+    /// The database (or the connection to it) failed the transaction.
+    #[error("database error")]
+    Db(#[source] tokio_postgres::Error),
+}
+
+impl WriteError {
+    /// Whether retrying the same data may succeed: connection failures and
+    /// the SQLSTATEs of a server going away, overload, deadlock and
+    /// serialization failure. Anything else is the data's fault.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WriteError::Pool(_) => true,
+            WriteError::Db(e) => match e.code() {
+                // No SQLSTATE: the connection itself failed (I/O, closed).
+                None => true,
+                Some(code) => is_transient_sqlstate(code),
+            },
+        }
+    }
+
+    /// The message to store with a rejected row's dead letter.
+    pub fn detail(&self) -> String {
+        match self {
+            WriteError::Db(e) => match e.as_db_error() {
+                Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                None => e.to_string(),
+            },
+            WriteError::Pool(e) => e.to_string(),
+        }
+    }
+}
+
+/// Transient SQLSTATE classes: 08 connection exception, 53 insufficient
+/// resources, 57 operator intervention (admin shutdown, cannot connect now,
+/// query canceled), 58 system error; plus 40001 serialization failure,
+/// 40P01 deadlock detected and 55P03 lock not available.
+pub fn is_transient_sqlstate(code: &SqlState) -> bool {
+    let c = code.code();
+    matches!(&c[..2], "08" | "53" | "57" | "58")
+        || *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+}
+
+/// Write settings.
+#[derive(Clone, Debug)]
+pub struct WriteConfig {
+    /// First retry delay after a transient failure.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+/// The PostgreSQL sink.
+#[derive(Clone, Debug)]
+pub struct PgSink {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: deadpool_postgres::Pool,
+    orders: CommittedOrders,
+    health: Health,
+    shutdown: Shutdown,
+    config: WriteConfig,
+}
+
+/// Why a chunk could not be committed.
+enum Failure {
+    /// The data was rejected (permanent).
+    Rejected(WriteError),
+    /// Shutdown's grace period ran out while retrying.
+    GaveUp,
+}
+
+/// One message's fate in the commit loop.
+#[derive(Clone, Debug)]
+enum Verdict {
+    Pending,
+    Committed,
+    Rejected(String),
+    GaveUp,
+}
+
+impl PgSink {
+    /// A sink writing through `pool`, teaching `orders` what it commits.
+    pub fn new(
+        pool: deadpool_postgres::Pool,
+        orders: CommittedOrders,
+        health: Health,
+        shutdown: Shutdown,
+        config: WriteConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                orders,
+                health,
+                shutdown,
+                config,
+            }),
+        }
+    }
+
+    async fn attempt(&self, scans: &[&Scan], dead: &[&DeadLetter]) -> Result<u64, WriteError> {
+        let mut client = self.inner.pool.get().await.map_err(WriteError::Pool)?;
+        let started = Instant::now();
+        let result = sql::commit(&mut client, scans, dead).await.map_err(WriteError::Db);
+        histogram!("miniscan_write_duration_seconds").record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Commits one chunk, retrying transient failures until it commits, is
+    /// rejected, or shutdown gives up on it.
+    async fn commit_retrying(&self, scans: &[&Scan], dead: &[&DeadLetter]) -> Result<u64, Failure> {
+        let c = &self.inner.config;
+        let mut backoff = Backoff::new(c.retry_initial, c.retry_max);
+        loop {
+            match self.attempt(scans, dead).await {
+                Ok(changed) => {
+                    self.inner.health.set_database(true);
+                    return Ok(changed);
+                }
+                Err(e) if e.is_transient() => {
+                    self.inner.health.set_database(false);
+                    counter!("miniscan_errors_total", "stage" => "write", "kind" => "transient").increment(1);
+                    if self.inner.shutdown.is_aborted() {
+                        tracing::error!(error = %Chain(&e), rows = scans.len() + dead.len(),
+                            "giving up on a batch at shutdown; it will be delivered again");
+                        return Err(Failure::GaveUp);
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %Chain(&e), retry_in_ms = delay.as_millis() as u64,
+                        "database unavailable; pausing the pipeline");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.inner.shutdown.aborted() => {}
+                    }
+                }
+                Err(e) => {
+                    self.inner.health.set_database(true);
+                    counter!("miniscan_errors_total", "stage" => "write", "kind" => "rejected").increment(1);
+                    return Err(Failure::Rejected(e));
+                }
+            }
+        }
+    }
+
+    /// Commits `scans` and `dead`, bisecting around rows the database rejects.
+    /// Returns each item's verdict (scans first, then dead letters) and the
+    /// number of rows changed.
+    async fn commit_isolating(&self, scans: &[&Scan], dead: &[&DeadLetter]) -> (Vec<Verdict>, u64) {
+        let n = scans.len() + dead.len();
+        let mut verdicts = vec![Verdict::Pending; n];
+        let mut changed = 0;
+        let mut work: Vec<Range<usize>> = Vec::new();
+        work.push(0..n);
+        while let Some(range) = work.pop() {
+            let s = range.start.min(scans.len())..range.end.min(scans.len());
+            let d = range.start.max(scans.len()) - scans.len()..range.end.max(scans.len()) - scans.len();
+            match self.commit_retrying(&scans[s], &dead[d]).await {
+                Ok(c) => {
+                    changed += c;
+                    verdicts[range].fill(Verdict::Committed);
+                }
+                Err(Failure::GaveUp) => verdicts[range].fill(Verdict::GaveUp),
+                Err(Failure::Rejected(e)) if range.len() == 1 => {
+                    tracing::warn!(error = %Chain(&e), "the database rejected a message; dead-lettering it");
+                    verdicts[range.start] = Verdict::Rejected(e.detail());
+                }
+                Err(Failure::Rejected(_)) => {
+                    let mid = range.start + range.len() / 2;
+                    // Pop order: the first half first.
+                    work.push(mid..range.end);
+                    work.push(range.start..mid);
+                }
+            }
+        }
+        (verdicts, changed)
+    }
+}
+
+impl<A: Acknowledge> Sink<A> for PgSink {
+    type In = Record;
+    type Out = Written;
+
+    fn name(&self) -> &'static str {
+        "write"
+    }
+
+    fn write(&self, batch: Vec<Envelope<Record, A>>) -> impl Future<Output = Vec<Envelope<Written, A>>> + Send {
+        write_records(self, batch)
+    }
+}
+
+/// Settles a batch of records against the database.
+async fn write_records<A: Acknowledge>(sink: &PgSink, batch: Vec<Envelope<Record, A>>) -> Vec<Envelope<Written, A>> {
+    let mut verdicts = vec![Written::Nack; batch.len()];
+    let mut scan_pos: Vec<usize> = Vec::new();
+    let mut scans: Vec<&Scan> = Vec::new();
+    let mut dead_pos: Vec<usize> = Vec::new();
+    let mut dead: Vec<&DeadLetter> = Vec::new();
+    for (i, env) in batch.iter().enumerate() {
+        match &env.payload {
+            Record::Scan(s) => {
+                scan_pos.push(i);
+                scans.push(s);
+            }
+            Record::Stale => verdicts[i] = Written::Stale,
+            Record::Dead(d) => {
+                dead_pos.push(i);
+                dead.push(d);
+            }
+        }
+    }
+
+    // One row per key, sorted by key. `winner_of[j]` is the index (among
+    // winners) of the row that decides scan j's fate.
+    let winners = merge::newest_per_key(&scans);
+    let winner_scans: Vec<&Scan> = winners.iter().map(|&j| scans[j]).collect();
+    let (results, changed) = sink.commit_isolating(&winner_scans, &dead).await;
+    let (winner_results, dead_results) = results.split_at(winner_scans.len());
+
+    // Rows the database rejected become dead letters of their own.
+    let mut rejected: Vec<DeadLetter> = Vec::new();
+    let mut rejected_of: Vec<usize> = Vec::new();
+    for (w, verdict) in winner_results.iter().enumerate() {
+        if let Verdict::Rejected(detail) = verdict {
+            let s = winner_scans[w];
+            rejected.push(DeadLetter {
+                message_id: s.order.message_id.clone(),
+                reason: "rejected_by_database",
+                detail: detail.clone(),
+                payload: s.payload.clone(),
+                published_micros: s.order.published_micros,
+            });
+            rejected_of.push(w);
+        }
+    }
+    let mut rejected_ok = vec![false; rejected.len()];
+    if !rejected.is_empty() {
+        let refs: Vec<&DeadLetter> = rejected.iter().collect();
+        let (res, _) = sink.commit_isolating(&[], &refs).await;
+        for (k, v) in res.iter().enumerate() {
+            match v {
+                Verdict::Committed => rejected_ok[k] = true,
+                other => tracing::error!(message_id = %rejected[k].message_id, verdict = ?other,
+                    "cannot record a rejected message as a dead letter; it will be delivered again"),
+            }
+        }
+    }
+
+    // The winners' fates, then everyone's.
+    let committed_at = now_micros();
+    let mut winner_fate = vec![Written::Nack; winner_scans.len()];
+    let mut stored_left = changed;
+    for (w, v) in winner_results.iter().enumerate() {
+        winner_fate[w] = match v {
+            Verdict::Committed => {
+                let s = winner_scans[w];
+                sink.inner.orders.committed(&s.key, &s.order);
+                observe_lag(committed_at, s);
+                // Exactly `changed` winners changed the table; which ones is
+                // not reported back, and only the counts are observable.
+                if stored_left > 0 {
+                    stored_left -= 1;
+                    Written::Stored
+                } else {
+                    Written::Superseded
+                }
+            }
+            Verdict::Rejected(_) => Written::Nack,
+            Verdict::GaveUp | Verdict::Pending => Written::Nack,
+        };
+    }
+    for (k, &w) in rejected_of.iter().enumerate() {
+        if rejected_ok[k] {
+            winner_fate[w] = Written::DeadLetter;
+            counter!("miniscan_dead_letters_total", "reason" => "rejected_by_database").increment(1);
+        }
+    }
+    if changed > 0 {
+        counter!("miniscan_rows_written_total").increment(changed);
+    }
+    // Every scan follows its key's winner: the winner is stored or newer than
+    // what is stored, so a loser is superseded once its winner is settled.
+    for (j, s) in scans.iter().enumerate() {
+        let Ok(rank) = winner_scans.binary_search_by(|probe| probe.key.cmp(&s.key)) else {
+            continue; // unreachable: every key has a winner; Nack is the safe default
+        };
+        verdicts[scan_pos[j]] = match winner_fate[rank] {
+            fate if winners[rank] == j => fate,
+            Written::Nack => Written::Nack,
+            _ => Written::Superseded,
+        };
+    }
+    for (k, v) in dead_results.iter().enumerate() {
+        let d = dead[k];
+        verdicts[dead_pos[k]] = match v {
+            Verdict::Committed => {
+                counter!("miniscan_dead_letters_total", "reason" => d.reason).increment(1);
+                Written::DeadLetter
+            }
+            Verdict::Rejected(detail) => {
+                tracing::error!(message_id = %d.message_id, %detail,
+                    "the database rejected a dead letter; it will be delivered again");
+                Written::Nack
+            }
+            _ => Written::Nack,
+        };
+    }
+
+    batch
+        .into_iter()
+        .zip(verdicts)
+        .map(|(env, v)| Envelope::new(v, env.ack))
+        .collect()
+}
+
+fn observe_lag(committed_at: i64, s: &Scan) {
+    let scan_lag = (committed_at as f64 / 1e6) - s.order.timestamp as f64;
+    let publish_lag = (committed_at - s.order.published_micros) as f64 / 1e6;
+    histogram!("miniscan_freshness_lag_seconds", "reference" => "scan").record(scan_lag.max(0.0));
+    histogram!("miniscan_freshness_lag_seconds", "reference" => "publish").record(publish_lag.max(0.0));
+}
+
+/// Formats an error with its sources: "a: b: c".
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(e) = src {
+            write!(f, ": {e}")?;
+            src = e.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! The SQL of the write stage: binary COPY into a per-session temporary table,
+//! then one newest-wins upsert; dead letters in the same transaction.
+
+use crate::stages::{DeadLetter, Scan, micros_to_time, secs_to_time};
+use futures::pin_mut;
+use postgres_types::Type;
+use std::time::SystemTime;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+
+/// Created once per connection (see [`crate::db`]). `ON COMMIT DELETE ROWS`
+/// empties it at every commit and a rollback discards its rows, so a
+/// connection can reuse it for every batch without cleaning up.
+pub const CREATE_STAGE_TABLE: &str = "
+    CREATE TEMPORARY TABLE IF NOT EXISTS scan_stage (
+        ip inet NOT NULL,
+        port integer NOT NULL,
+        service text NOT NULL,
+        last_scanned timestamptz NOT NULL,
+        response text NOT NULL,
+        response_raw bytea,
+        published_at timestamptz NOT NULL,
+        message_id text COLLATE \"C\" NOT NULL
+    ) ON COMMIT DELETE ROWS";
+
+const COPY: &str = "COPY scan_stage (ip, port, service, last_scanned, response, response_raw, \
+                    published_at, message_id) FROM STDIN (FORMAT binary)";
+
+const COPY_TYPES: [Type; 8] = [
+    Type::INET,
+    Type::INT4,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+];
+
+/// Newest wins: a row is replaced only by a strictly newer
+/// `(last_scanned, published_at, message_id)`, compared as a row (the message
+/// id bytewise, by its "C" collation). The staged rows are already one per key
+/// and sorted by key, and a sequential scan of the fresh temporary table
+/// returns them in that order, so every writer locks keys in the same order.
+const UPSERT: &str = "
+    INSERT INTO scan_results AS t
+        (ip, port, service, last_scanned, response, response_raw, published_at, message_id, updated_at)
+    SELECT ip, port, service, last_scanned, response, response_raw, published_at, message_id, now()
+    FROM scan_stage
+    ON CONFLICT (ip, port, service) DO UPDATE SET
+        last_scanned = EXCLUDED.last_scanned,
+        response     = EXCLUDED.response,
+        response_raw = EXCLUDED.response_raw,
+        published_at = EXCLUDED.published_at,
+        message_id   = EXCLUDED.message_id,
+        updated_at   = EXCLUDED.updated_at
+    WHERE (EXCLUDED.last_scanned, EXCLUDED.published_at, EXCLUDED.message_id)
+        > (t.last_scanned, t.published_at, t.message_id)";
+
+/// A redelivered dead letter is already recorded: keep the first.
+const DEAD_LETTERS: &str = "
+    INSERT INTO dead_letters (message_id, reason, detail, payload, published_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamptz[])
+    ON CONFLICT (message_id) DO NOTHING";
+
+/// Writes `scans` (one per key, sorted by key) and `dead` in one transaction.
+/// Returns how many rows of `scan_results` changed.
+pub async fn commit(
+    client: &mut deadpool_postgres::Client,
+    scans: &[&Scan],
+    dead: &[&DeadLetter],
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let mut changed = 0;
+    if !scans.is_empty() {
+        let copy = tx.prepare_cached(COPY).await?;
+        let sink = tx.copy_in(&copy).await?;
+        let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+        pin_mut!(writer);
+        for s in scans {
+            let port = i32::from(s.key.port);
+            let last_scanned = secs_to_time(s.order.timestamp);
+            let published_at = micros_to_time(s.order.published_micros);
+            writer
+                .as_mut()
+                .write(&[
+                    &s.key.ip,
+                    &port,
+                    &s.key.service,
+                    &last_scanned,
+                    &s.response,
+                    &s.response_raw,
+                    &published_at,
+                    &s.order.message_id,
+                ])
+                .await?;
+        }
+        writer.finish().await?;
+        let upsert = tx.prepare_cached(UPSERT).await?;
+        changed = tx.execute(&upsert, &[]).await?;
+    }
+    if !dead.is_empty() {
+        let ids: Vec<&str> = dead.iter().map(|d| d.message_id.as_str()).collect();
+        let reasons: Vec<&str> = dead.iter().map(|d| d.reason).collect();
+        let details: Vec<&str> = dead.iter().map(|d| d.detail.as_str()).collect();
+        let payloads: Vec<&[u8]> = dead.iter().map(|d| &d.payload[..]).collect();
+        let published: Vec<SystemTime> = dead.iter().map(|d| micros_to_time(d.published_micros)).collect();
+        let stmt = tx.prepare_cached(DEAD_LETTERS).await?;
+        tx.execute(&stmt, &[&ids, &reasons, &details, &payloads, &published])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(changed)
+}

@@ -1,0 +1,193 @@
+//! Logs, metrics, and the HTTP endpoints `/metrics`, `/healthz`, `/readyz`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics::gauge;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Logs go to stderr; `RUST_LOG` filters them (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Whether the ingester's dependencies are up, for `/readyz` and
+/// `miniscan_up{component}`.
+#[derive(Clone, Debug)]
+pub struct Health(Arc<HealthInner>);
+
+#[derive(Debug)]
+struct HealthInner {
+    database: AtomicBool,
+    subscription: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Health {
+    /// Both up until shown otherwise.
+    pub fn new() -> Self {
+        gauge!("miniscan_up", "component" => "database").set(1.0);
+        gauge!("miniscan_up", "component" => "subscription").set(1.0);
+        Self(Arc::new(HealthInner {
+            database: AtomicBool::new(true),
+            subscription: AtomicBool::new(true),
+        }))
+    }
+
+    fn set(flag: &AtomicBool, component: &'static str, up: bool) {
+        // Cheap on the hot path: the gauge is touched only on a change.
+        if flag.swap(up, Ordering::Relaxed) != up {
+            gauge!("miniscan_up", "component" => component).set(if up { 1.0 } else { 0.0 });
+            if up {
+                tracing::info!(component, "up again");
+            }
+        }
+    }
+
+    /// Records whether the database answers.
+    pub fn set_database(&self, up: bool) {
+        Self::set(&self.0.database, "database", up);
+    }
+
+    /// Records whether the subscription stream works.
+    pub fn set_subscription(&self, up: bool) {
+        Self::set(&self.0.subscription, "subscription", up);
+    }
+
+    /// What is down, if anything.
+    pub fn down(&self) -> Vec<&'static str> {
+        let mut down = Vec::new();
+        if !self.0.database.load(Ordering::Relaxed) {
+            down.push("database");
+        }
+        if !self.0.subscription.load(Ordering::Relaxed) {
+            down.push("subscription");
+        }
+        down
+    }
+}
+
+/// Histogram buckets. Durations span a fast COPY (sub-millisecond) to a
+/// stalled batch; lag spans live traffic (tens of milliseconds) to a backlog
+/// drained hours later; batch rows span a trickle to the largest batch.
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
+];
+const LAG_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0,
+];
+const ROWS_BUCKETS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0,
+];
+
+/// Installs the global metrics recorder and describes every metric.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("miniscan_freshness_lag_seconds".into()), LAG_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("miniscan_batch_rows".into()), ROWS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), DURATION_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    gauge!("miniscan_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("miniscan_messages_total", "Messages through each stage, by outcome.");
+    describe_histogram!(
+        "miniscan_stage_duration_seconds",
+        Unit::Seconds,
+        "Work per stage: per message for decode and dedup (mean over a burst), per batch for write."
+    );
+    describe_histogram!("miniscan_batch_rows", "Messages per batch handed to the write stage.");
+    describe_histogram!(
+        "miniscan_write_duration_seconds",
+        Unit::Seconds,
+        "One write transaction (COPY, upsert, dead letters, commit)."
+    );
+    describe_counter!("miniscan_cache_lookups_total", "Dedup cache lookups, by result.");
+    describe_gauge!("miniscan_cache_entries", "Keys held by the dedup cache.");
+    describe_gauge!("miniscan_inflight_messages", "Messages received and not yet acked or nacked.");
+    describe_counter!("miniscan_acks_total", "Messages settled with Pub/Sub, by kind (ack, nack).");
+    describe_counter!("miniscan_dead_letters_total", "Dead letters committed, by reason.");
+    describe_histogram!(
+        "miniscan_freshness_lag_seconds",
+        Unit::Seconds,
+        "Commit time minus the scan's timestamp (reference=scan) or its publish time (reference=publish)."
+    );
+    describe_counter!("miniscan_rows_written_total", "Rows of scan_results this replica inserted or updated.");
+    describe_counter!("miniscan_errors_total", "Errors by stage and kind.");
+    describe_gauge!("miniscan_up", "Whether a dependency (database, subscription) is reachable.");
+    describe_gauge!("miniscan_build_info", "Always 1; the version is a label.");
+}
+
+#[derive(Clone)]
+struct Endpoints {
+    handle: PrometheusHandle,
+    health: Health,
+    process: Arc<metrics_process::Collector>,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`; returns the bound
+/// address (useful with port 0).
+pub async fn serve(addr: SocketAddr, handle: PrometheusHandle, health: Health) -> std::io::Result<SocketAddr> {
+    let process = Arc::new(metrics_process::Collector::default());
+    process.describe();
+    let state = Endpoints {
+        handle: handle.clone(),
+        health,
+        process,
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    // Histograms keep raw samples until upkeep folds them into buckets.
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    });
+    Ok(bound)
+}
+
+async fn metrics_page(State(s): State<Endpoints>) -> String {
+    s.process.collect();
+    s.handle.render()
+}
+
+async fn ready(State(s): State<Endpoints>) -> (StatusCode, String) {
+    let down = s.health.down();
+    if down.is_empty() {
+        (StatusCode::OK, "ready\n".into())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("down: {}\n", down.join(", ")))
+    }
+}
