@@ -60,8 +60,28 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `mini-scan ingest`: runs until SIGTERM/SIGINT, then drains and exits.
+/// `mini-scan ingest`: runs until SIGTERM/SIGINT, then drains and exits. A
+/// second signal gives up on what is not committed yet (it is nacked).
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<AckSummary> {
+    let shutdown = Shutdown::new();
+    {
+        let shutdown = shutdown.clone();
+        let grace = Duration::from_secs(args.shutdown_grace_secs);
+        tokio::spawn(async move {
+            shutdown::signal().await;
+            shutdown.trigger(grace);
+            shutdown::signal().await;
+            tracing::warn!("second signal: giving up on uncommitted messages now");
+            shutdown.abort();
+        });
+    }
+    ingest_until(args, shutdown).await
+}
+
+/// Runs the ingest pipeline until `shutdown` stops it, then drains: the
+/// partial batch is committed and acked before this returns. For embedding
+/// (benches, tests): the caller decides when to stop.
+pub async fn ingest_until(args: IngestArgs, shutdown: Shutdown) -> anyhow::Result<AckSummary> {
     args.validate()?;
     let pg = db::config(&args.db.database_url)?;
     let handle = telemetry::install_metrics()?;
@@ -80,19 +100,6 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<AckSummary> {
         .subscriber(args.streams as usize)
         .await
         .context("cannot build the Pub/Sub subscriber")?;
-
-    let shutdown = Shutdown::new();
-    {
-        let shutdown = shutdown.clone();
-        let grace = Duration::from_secs(args.shutdown_grace_secs);
-        tokio::spawn(async move {
-            shutdown::signal().await;
-            shutdown.trigger(grace);
-            shutdown::signal().await;
-            tracing::warn!("second signal: giving up on uncommitted messages now");
-            shutdown.abort();
-        });
-    }
 
     let orders = CommittedOrders::new(args.cache_capacity);
     spawn_cache_gauge(orders.clone());

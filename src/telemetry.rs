@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Logs go to stderr; `RUST_LOG` filters them (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -96,8 +96,14 @@ const ROWS_BUCKETS: &[f64] = &[
     1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0,
 ];
 
-/// Installs the global metrics recorder and describes every metric.
+static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
+/// Installs the global metrics recorder (once per process; later calls return
+/// the same handle) and describes every metric.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("miniscan_freshness_lag_seconds".into()), LAG_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full("miniscan_batch_rows".into()), ROWS_BUCKETS)?
@@ -105,7 +111,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()?;
     describe();
     gauge!("miniscan_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    Ok(handle)
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 fn describe() {

@@ -21,6 +21,9 @@ pub trait Transform {
     fn name(&self) -> &'static str;
     /// Transforms one payload, returning it with its outcome label.
     fn apply(&mut self, input: Self::In) -> (Self::Out, &'static str);
+    /// Called whenever the stage's tally is flushed (end of a burst), for
+    /// stages that keep metrics of their own.
+    fn flush(&mut self) {}
 }
 
 pin_project_lite::pin_project! {
@@ -62,15 +65,20 @@ where
                 this.tally.count(outcome);
                 if this.tally.pending() >= FLUSH_EVERY {
                     this.tally.flush(true);
+                    this.stage.flush();
                 }
                 Poll::Ready(Some(Envelope::new(out, ack)))
             }
             Poll::Ready(None) => {
                 this.tally.flush(true);
+                this.stage.flush();
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                this.tally.flush(true);
+                if this.tally.pending() > 0 {
+                    this.tally.flush(true);
+                    this.stage.flush();
+                }
                 Poll::Pending
             }
         }

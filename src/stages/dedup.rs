@@ -85,7 +85,7 @@ impl Dedup {
         }
     }
 
-    fn flush(&mut self) {
+    fn flush_lookups(&mut self) {
         if self.hits > 0 {
             counter!("miniscan_cache_lookups_total", "result" => "hit").increment(self.hits);
         }
@@ -97,11 +97,6 @@ impl Dedup {
     }
 }
 
-impl Drop for Dedup {
-    fn drop(&mut self) {
-        self.flush();
-    }
-}
 
 impl Transform for Dedup {
     type In = Record;
@@ -125,15 +120,16 @@ impl Transform for Dedup {
                 false
             }
         };
-        // Cache counters ride on the stage's burst: flushed in bulk.
-        if self.hits + self.misses >= crate::pipeline::instrument::FLUSH_EVERY {
-            self.flush();
-        }
         if stale {
             (Record::Stale, "stale")
         } else {
             (Record::Scan(scan), "pass")
         }
+    }
+
+    /// Cache counters ride on the stage's bursts: flushed in bulk.
+    fn flush(&mut self) {
+        self.flush_lookups();
     }
 }
 
