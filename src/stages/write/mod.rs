@@ -7,12 +7,14 @@
 //! .. WHERE newer`; its dead letters go in the same transaction.
 //!
 //! Faults:
-//! * Transient errors (connection lost, server restarting, deadlock,
-//!   serialization failure; decided by SQLSTATE) retry the whole batch with
+//! * Any error that is not the data's fault (connection lost, server
+//!   restarting, deadlock, a missing table; decided by SQLSTATE class, never
+//!   by message text) retries the whole batch with
 //!   capped exponential backoff, forever: the pipeline pauses (batches stop
 //!   flowing, so the source stops pulling) and resumes by itself when the
 //!   database returns. `/readyz` reports the database down meanwhile.
-//! * A batch the database rejects for its data is bisected until the
+//! * A batch the database rejects for its data (SQLSTATE classes 22, 23, 54)
+//!   is bisected until the
 //!   offending messages are isolated; they become dead letters
 //!   (`rejected_by_database`) and the rest commits, so one bad message never
 //!   blocks the subscription.
@@ -88,16 +90,18 @@ pub enum WriteError {
 }
 
 impl WriteError {
-    /// Whether retrying the same data may succeed: connection failures and
-    /// the SQLSTATEs of a server going away, overload, deadlock and
-    /// serialization failure. Anything else is the data's fault.
+    /// Whether retrying the same data may succeed. Only errors that are the
+    /// data's fault are permanent (see [`is_data_sqlstate`]); anything else —
+    /// a lost connection, a server restarting, a deadlock, a missing table or
+    /// permission — pauses the pipeline until it is fixed, rather than turning
+    /// good messages into dead letters.
     pub fn is_transient(&self) -> bool {
         match self {
             WriteError::Pool(_) => true,
             WriteError::Db(e) => match e.code() {
                 // No SQLSTATE: the connection itself failed (I/O, closed).
                 None => true,
-                Some(code) => is_transient_sqlstate(code),
+                Some(code) => !is_data_sqlstate(code),
             },
         }
     }
@@ -114,16 +118,12 @@ impl WriteError {
     }
 }
 
-/// Transient SQLSTATE classes: 08 connection exception, 53 insufficient
-/// resources, 57 operator intervention (admin shutdown, cannot connect now,
-/// query canceled), 58 system error; plus 40001 serialization failure,
-/// 40P01 deadlock detected and 55P03 lock not available.
-pub fn is_transient_sqlstate(code: &SqlState) -> bool {
-    let c = code.code();
-    matches!(&c[..2], "08" | "53" | "57" | "58")
-        || *code == SqlState::T_R_SERIALIZATION_FAILURE
-        || *code == SqlState::T_R_DEADLOCK_DETECTED
-        || *code == SqlState::LOCK_NOT_AVAILABLE
+/// SQLSTATE classes that blame the data: 22 data exception (a value the type
+/// rejects), 23 integrity constraint violation (a CHECK), 54 program limit
+/// exceeded (a value too large to index or store). Retrying the same rows
+/// cannot succeed, so they are isolated and dead-lettered.
+pub fn is_data_sqlstate(code: &SqlState) -> bool {
+    matches!(&code.code()[..2], "22" | "23" | "54")
 }
 
 /// Write settings.
@@ -237,6 +237,10 @@ impl PgSink {
     async fn commit_isolating(&self, scans: &[&Scan], dead: &[&DeadLetter]) -> (Vec<Verdict>, u64) {
         let n = scans.len() + dead.len();
         let mut verdicts = vec![Verdict::Pending; n];
+        if n == 0 {
+            // Only stale messages: nothing to write.
+            return (verdicts, 0);
+        }
         let mut changed = 0;
         let mut work: Vec<Range<usize>> = Vec::new();
         work.push(0..n);
@@ -421,5 +425,29 @@ impl std::fmt::Display for Chain<'_> {
             src = e.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_data_errors_are_permanent() {
+        assert!(is_data_sqlstate(&SqlState::INVALID_TEXT_REPRESENTATION));
+        assert!(is_data_sqlstate(&SqlState::CHECK_VIOLATION));
+        assert!(is_data_sqlstate(&SqlState::PROGRAM_LIMIT_EXCEEDED));
+        assert!(!is_data_sqlstate(&SqlState::T_R_DEADLOCK_DETECTED));
+        assert!(!is_data_sqlstate(&SqlState::ADMIN_SHUTDOWN));
+        assert!(!is_data_sqlstate(&SqlState::UNDEFINED_TABLE));
+        assert!(!is_data_sqlstate(&SqlState::CONNECTION_FAILURE));
+    }
+
+    #[test]
+    fn verdicts_settle_as_documented() {
+        assert_eq!(Written::Nack.settlement(), Settlement::Nack);
+        for w in [Written::Stored, Written::Superseded, Written::Stale, Written::DeadLetter] {
+            assert_eq!(w.settlement(), Settlement::Ack, "{w:?}");
+        }
     }
 }
