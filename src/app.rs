@@ -103,8 +103,13 @@ pub async fn ingest_until(args: IngestArgs, shutdown: Shutdown) -> anyhow::Resul
 
     let orders = CommittedOrders::new(args.cache_capacity);
     spawn_cache_gauge(orders.clone());
+    let admin = pubsub
+        .subscription_admin()
+        .await
+        .context("cannot build the Pub/Sub admin client")?;
     let source = PubsubSource::new(
         client,
+        admin,
         SourceConfig {
             subscription: subscription.clone(),
             streams: args.streams as usize,

@@ -64,6 +64,15 @@ impl PubsubConfig {
         b.build().await
     }
 
+    /// An admin client for subscriptions (used to probe one's existence).
+    pub async fn subscription_admin(&self) -> Result<SubscriptionAdmin, BuildError> {
+        let mut b = SubscriptionAdmin::builder();
+        if let Some(ep) = self.endpoint() {
+            b = b.with_endpoint(ep).with_credentials(Anonymous::new().build());
+        }
+        b.build().await
+    }
+
     /// Creates `topic` and `subscription` (short or full names) unless they
     /// exist. Returns whether each was created.
     pub async fn ensure(

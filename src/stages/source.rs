@@ -23,7 +23,7 @@ use super::ack::PubsubAck;
 use crate::pipeline::{Backoff, Envelope, Shutdown};
 use crate::telemetry::Health;
 use futures::{Stream, StreamExt};
-use google_cloud_pubsub::client::Subscriber;
+use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownToken};
 use std::sync::{Arc, Mutex};
@@ -50,6 +50,9 @@ pub struct SourceConfig {
 #[derive(Clone)]
 pub struct PubsubSource {
     client: Subscriber,
+    /// Probes the subscription after a stream failed, so that `/readyz`
+    /// recovers as soon as it exists again, even before a message arrives.
+    admin: SubscriptionAdmin,
     config: SourceConfig,
     health: Health,
     /// Every stream opened, so that shutdown can wait for their acks to be
@@ -78,9 +81,10 @@ pub fn received(m: Message) -> Received {
 
 impl PubsubSource {
     /// A source pulling `config.subscription` through `client`.
-    pub fn new(client: Subscriber, config: SourceConfig, health: Health) -> Self {
+    pub fn new(client: Subscriber, admin: SubscriptionAdmin, config: SourceConfig, health: Health) -> Self {
         Self {
             client,
+            admin,
             config,
             health,
             tokens: Arc::new(Mutex::new(Vec::new())),
@@ -126,6 +130,10 @@ impl PubsubSource {
                             retry_in_ms = delay.as_millis() as u64, "streaming pull failed; reopening");
                         current = None;
                         tokio::time::sleep(delay).await;
+                        let probe = src.admin.get_subscription().set_subscription(src.config.subscription.clone());
+                        if probe.send().await.is_ok() {
+                            src.health.set_subscription(true);
+                        }
                     }
                     None => return None,
                 }
