@@ -131,7 +131,8 @@ impl PubsubSource {
                         current = None;
                         tokio::time::sleep(delay).await;
                         let probe = src.admin.get_subscription().set_subscription(src.config.subscription.clone());
-                        if probe.send().await.is_ok() {
+                        let probed = tokio::time::timeout(Duration::from_secs(5), probe.send()).await;
+                        if matches!(probed, Ok(Ok(_))) {
                             src.health.set_subscription(true);
                         }
                     }
