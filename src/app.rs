@@ -2,6 +2,7 @@
 //! tests and benches can call them the same way.
 
 use crate::config::{IngestArgs, MigrateArgs, ScanArgs, SetupArgs};
+use crate::db;
 use crate::pipeline::{AckSummary, BatchPipelineExt, PipelineExt, SettleExt, Shutdown, shutdown};
 use crate::stages::batch::{self, BatchConfig};
 use crate::stages::decode::Decode;
@@ -9,7 +10,6 @@ use crate::stages::dedup::{CommittedOrders, Dedup};
 use crate::stages::source::{PubsubSource, SourceConfig};
 use crate::stages::write::{PgSink, WriteConfig};
 use crate::telemetry::{self, Health};
-use crate::db;
 use anyhow::Context as _;
 use std::time::Duration;
 
@@ -55,7 +55,11 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<()> {
         "done"
     );
     if out.failed > 0 {
-        anyhow::bail!("{} of {} messages failed to publish", out.failed, out.ok + out.failed);
+        anyhow::bail!(
+            "{} of {} messages failed to publish",
+            out.failed,
+            out.ok + out.failed
+        );
     }
     Ok(())
 }
@@ -88,7 +92,12 @@ pub async fn ingest_until(args: IngestArgs, shutdown: Shutdown) -> anyhow::Resul
     let health = Health::new();
     let addr = telemetry::serve(args.metrics_addr, handle, health.clone())
         .await
-        .with_context(|| format!("cannot serve metrics on --metrics-addr (env MINISCAN_METRICS_ADDR) {}", args.metrics_addr))?;
+        .with_context(|| {
+            format!(
+                "cannot serve metrics on --metrics-addr (env MINISCAN_METRICS_ADDR) {}",
+                args.metrics_addr
+            )
+        })?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
 
     let pool = db::pool(pg, args.db_pool_size as usize);
@@ -126,6 +135,7 @@ pub async fn ingest_until(args: IngestArgs, shutdown: Shutdown) -> anyhow::Resul
         health,
         shutdown.clone(),
         WriteConfig {
+            partitions: args.write_partitions as usize,
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_millis(args.retry_max_ms),
         },

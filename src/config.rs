@@ -95,7 +95,13 @@ pub struct IngestArgs {
     #[arg(long, env = "MINISCAN_WRITE_CONCURRENCY", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub write_concurrency: u32,
-    /// PostgreSQL connections in the pool; at least the write concurrency.
+    /// Disjoint key partitions each batch is split into and committed
+    /// concurrently (a partition gets at least 256 rows).
+    #[arg(long, env = "MINISCAN_WRITE_PARTITIONS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub write_partitions: u32,
+    /// PostgreSQL connections in the pool; at least write concurrency × write
+    /// partitions.
     #[arg(long, env = "MINISCAN_DB_POOL_SIZE", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub db_pool_size: u32,
@@ -212,7 +218,11 @@ fn ratio(flag: &str, env: &str, v: f64) -> Result<(), BadSetting> {
     if (0.0..=1.0).contains(&v) {
         Ok(())
     } else {
-        Err(BadSetting::new(flag, env, format!("{v} is not a fraction between 0 and 1")))
+        Err(BadSetting::new(
+            flag,
+            env,
+            format!("{v} is not a fraction between 0 and 1"),
+        ))
     }
 }
 
@@ -221,13 +231,14 @@ impl IngestArgs {
     pub fn validate(&self) -> Result<(), BadSetting> {
         crate::pubsub::validate_name("subscriptions", &self.subscription)
             .map_err(|why| BadSetting::new("subscription", "MINISCAN_SUBSCRIPTION", why))?;
-        if self.db_pool_size < self.write_concurrency {
+        let needed = self.write_concurrency * self.write_partitions;
+        if self.db_pool_size < needed {
             return Err(BadSetting::new(
                 "db-pool-size",
                 "MINISCAN_DB_POOL_SIZE",
                 format!(
-                    "{} is less than the write concurrency ({}); each concurrent batch needs a connection",
-                    self.db_pool_size, self.write_concurrency
+                    "{} is less than write concurrency × write partitions ({needed}); each concurrent transaction needs a connection",
+                    self.db_pool_size
                 ),
             ));
         }
@@ -241,15 +252,35 @@ impl ScanArgs {
         crate::pubsub::validate_name("topics", &self.topic)
             .map_err(|why| BadSetting::new("topic", "MINISCAN_TOPIC", why))?;
         if !(self.rate.is_finite() && self.rate >= 0.0) {
-            return Err(BadSetting::new("rate", "MINISCAN_RATE", format!("{} is not a rate >= 0", self.rate)));
+            return Err(BadSetting::new(
+                "rate",
+                "MINISCAN_RATE",
+                format!("{} is not a rate >= 0", self.rate),
+            ));
         }
         if self.keys == Some(0) {
-            return Err(BadSetting::new("keys", "MINISCAN_KEYS", "the key space cannot be empty"));
+            return Err(BadSetting::new(
+                "keys",
+                "MINISCAN_KEYS",
+                "the key space cannot be empty",
+            ));
         }
         ratio("v1-ratio", "MINISCAN_V1_RATIO", self.v1_ratio)?;
-        ratio("duplicate-ratio", "MINISCAN_DUPLICATE_RATIO", self.duplicate_ratio)?;
-        ratio("out-of-order-ratio", "MINISCAN_OUT_OF_ORDER_RATIO", self.out_of_order_ratio)?;
-        ratio("malformed-ratio", "MINISCAN_MALFORMED_RATIO", self.malformed_ratio)?;
+        ratio(
+            "duplicate-ratio",
+            "MINISCAN_DUPLICATE_RATIO",
+            self.duplicate_ratio,
+        )?;
+        ratio(
+            "out-of-order-ratio",
+            "MINISCAN_OUT_OF_ORDER_RATIO",
+            self.out_of_order_ratio,
+        )?;
+        ratio(
+            "malformed-ratio",
+            "MINISCAN_MALFORMED_RATIO",
+            self.malformed_ratio,
+        )?;
         if self.duplicate_ratio + self.out_of_order_ratio + self.malformed_ratio > 1.0 {
             return Err(BadSetting::new(
                 "duplicate-ratio",
@@ -297,7 +328,10 @@ pub fn one_line_error(err: &clap::Error) -> String {
                 if let Some(at) = msg.find(&flag) {
                     if let Some(end) = msg[at..].find('>') {
                         let span = at..at + end + 1;
-                        msg.replace_range(span, &format!("--{long} (env {})", env.to_string_lossy()));
+                        msg.replace_range(
+                            span,
+                            &format!("--{long} (env {})", env.to_string_lossy()),
+                        );
                     }
                     return msg;
                 }
@@ -325,7 +359,10 @@ mod tests {
         .unwrap_err();
         let line = one_line_error(&err);
         assert!(!line.contains('\n'), "{line}");
-        assert!(line.contains("--batch-max-rows (env MINISCAN_BATCH_MAX_ROWS)"), "{line}");
+        assert!(
+            line.contains("--batch-max-rows (env MINISCAN_BATCH_MAX_ROWS)"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -341,7 +378,9 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let Command::Ingest(args) = cli.command else { panic!() };
+        let Command::Ingest(args) = cli.command else {
+            panic!()
+        };
         let err = args.validate().unwrap_err().to_string();
         assert!(err.contains("MINISCAN_DB_POOL_SIZE"), "{err}");
     }

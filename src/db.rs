@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 
 /// The schema, applied in order by [`migrate`]. Each file is idempotent.
-pub const MIGRATIONS: &[(&str, &str)] = &[("0001_schema", include_str!("../migrations/0001_schema.sql"))];
+pub const MIGRATIONS: &[(&str, &str)] =
+    &[("0001_schema", include_str!("../migrations/0001_schema.sql"))];
 
 /// How long to wait for a TCP connection to PostgreSQL when the URL does not
 /// say: long enough for a busy server, short enough that a dead one is
@@ -62,7 +63,9 @@ pub fn pool(cfg: tokio_postgres::Config, size: usize) -> Pool {
 
 /// Applies every migration in one transaction, serialised across replicas by
 /// an advisory lock, and records them in `schema_migrations`.
-pub async fn migrate(cfg: &tokio_postgres::Config) -> Result<Vec<&'static str>, tokio_postgres::Error> {
+pub async fn migrate(
+    cfg: &tokio_postgres::Config,
+) -> Result<Vec<&'static str>, tokio_postgres::Error> {
     let (mut client, connection) = cfg.connect(NoTls).await?;
     let conn = tokio::spawn(connection);
     let tx = client.transaction().await?;

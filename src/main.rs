@@ -19,7 +19,10 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mini-scan: cannot start the async runtime: {e}");

@@ -47,19 +47,27 @@ impl PubsubConfig {
     pub async fn subscriber(&self, channels: usize) -> Result<Subscriber, BuildError> {
         let mut b = Subscriber::builder().with_grpc_subchannel_count(channels.max(1));
         if let Some(ep) = self.endpoint() {
-            b = b.with_endpoint(ep).with_credentials(Anonymous::new().build());
+            b = b
+                .with_endpoint(ep)
+                .with_credentials(Anonymous::new().build());
         }
         b.build().await
     }
 
     /// A publisher for `topic` (full name) that sends batches of up to
     /// `batch_messages` messages.
-    pub async fn publisher(&self, topic: &str, batch_messages: u32) -> Result<Publisher, BuildError> {
+    pub async fn publisher(
+        &self,
+        topic: &str,
+        batch_messages: u32,
+    ) -> Result<Publisher, BuildError> {
         let mut b = Publisher::builder(topic.to_string())
             .set_message_count_threshold(batch_messages)
             .set_delay_threshold(std::time::Duration::from_millis(10));
         if let Some(ep) = self.endpoint() {
-            b = b.with_endpoint(ep).with_credentials(Anonymous::new().build());
+            b = b
+                .with_endpoint(ep)
+                .with_credentials(Anonymous::new().build());
         }
         b.build().await
     }
@@ -68,7 +76,9 @@ impl PubsubConfig {
     pub async fn subscription_admin(&self) -> Result<SubscriptionAdmin, BuildError> {
         let mut b = SubscriptionAdmin::builder();
         if let Some(ep) = self.endpoint() {
-            b = b.with_endpoint(ep).with_credentials(Anonymous::new().build());
+            b = b
+                .with_endpoint(ep)
+                .with_credentials(Anonymous::new().build());
         }
         b.build().await
     }
@@ -85,8 +95,12 @@ impl PubsubConfig {
         let subscription = self.subscription_path(subscription);
         let (mut tb, mut sb) = (TopicAdmin::builder(), SubscriptionAdmin::builder());
         if let Some(ep) = self.endpoint() {
-            tb = tb.with_endpoint(ep.clone()).with_credentials(Anonymous::new().build());
-            sb = sb.with_endpoint(ep).with_credentials(Anonymous::new().build());
+            tb = tb
+                .with_endpoint(ep.clone())
+                .with_credentials(Anonymous::new().build());
+            sb = sb
+                .with_endpoint(ep)
+                .with_credentials(Anonymous::new().build());
         }
         let topics = tb.build().await.map_err(SetupError::Client)?;
         let subs = sb.build().await.map_err(SetupError::Client)?;
@@ -138,7 +152,11 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             [p, k, s] if !p.is_empty() && *k == kind && !s.is_empty() => *s,
-            _ => return Err(format!("expected projects/PROJECT/{kind}/NAME or a short name")),
+            _ => {
+                return Err(format!(
+                    "expected projects/PROJECT/{kind}/NAME or a short name"
+                ));
+            }
         }
     } else {
         name
@@ -147,7 +165,9 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
         return Err("a name must be 3 to 255 characters".into());
     }
     if short.contains('/') {
-        return Err(format!("expected projects/PROJECT/{kind}/NAME or a short name"));
+        return Err(format!(
+            "expected projects/PROJECT/{kind}/NAME or a short name"
+        ));
     }
     Ok(())
 }
@@ -162,7 +182,10 @@ mod tests {
             project: "p1".into(),
             emulator_host: Some("127.0.0.1:8085".into()),
         };
-        assert_eq!(c.subscription_path("scan-sub"), "projects/p1/subscriptions/scan-sub");
+        assert_eq!(
+            c.subscription_path("scan-sub"),
+            "projects/p1/subscriptions/scan-sub"
+        );
         assert_eq!(
             c.subscription_path("projects/x/subscriptions/s1"),
             "projects/x/subscriptions/s1"

@@ -113,7 +113,9 @@ impl Generator {
             return self.recent[i].clone();
         }
         if r < c.duplicate_ratio + c.malformed_ratio {
-            return MALFORMED[(self.seq % MALFORMED.len() as u64) as usize].as_bytes().to_vec();
+            return MALFORMED[(self.seq % MALFORMED.len() as u64) as usize]
+                .as_bytes()
+                .to_vec();
         }
         let out_of_order = r < c.duplicate_ratio + c.malformed_ratio + c.out_of_order_ratio;
         let (ip, port, service) = match c.keys {
@@ -197,7 +199,8 @@ pub async fn publish(
     let mut stop = std::pin::pin!(stop);
     let mut sent: u64 = 0;
     let mut last_error: Option<String> = None;
-    let mut settle = |r: Result<String, google_cloud_pubsub::error::PublishError>, out: &mut Published| match r {
+    let mut settle = |r: Result<String, google_cloud_pubsub::error::PublishError>,
+                      out: &mut Published| match r {
         Ok(_) => out.ok += 1,
         Err(e) => {
             out.failed += 1;
@@ -288,7 +291,10 @@ mod tests {
             }
         }
         let bad_ratio = bad as f64 / n as f64;
-        assert!((0.08..0.12).contains(&bad_ratio), "malformed ratio {bad_ratio}");
+        assert!(
+            (0.08..0.12).contains(&bad_ratio),
+            "malformed ratio {bad_ratio}"
+        );
         assert!(keys.len() <= 100 && keys.len() > 90, "{} keys", keys.len());
     }
 
@@ -312,7 +318,9 @@ mod tests {
         });
         for _ in 0..200 {
             let o = decode(&g.next_message()).unwrap();
-            let std::net::IpAddr::V4(ip) = o.key.ip else { panic!() };
+            let std::net::IpAddr::V4(ip) = o.key.ip else {
+                panic!()
+            };
             assert_eq!(ip.octets()[..3], [1, 1, 1]);
             assert!(o.key.port < 65535);
             assert!(SERVICES.contains(&o.key.service.as_str()));

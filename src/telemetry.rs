@@ -86,11 +86,12 @@ impl Health {
 /// stalled batch; lag spans live traffic (tens of milliseconds) to a backlog
 /// drained hours later; batch rows span a trickle to the largest batch.
 const DURATION_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0, 30.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 const LAG_BUCKETS: &[f64] = &[
-    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+    86400.0,
 ];
 const ROWS_BUCKETS: &[f64] = &[
     1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 25000.0, 50000.0,
@@ -105,9 +106,15 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         return Ok(h.clone());
     }
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full("miniscan_freshness_lag_seconds".into()), LAG_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("miniscan_freshness_lag_seconds".into()),
+            LAG_BUCKETS,
+        )?
         .set_buckets_for_metric(Matcher::Full("miniscan_batch_rows".into()), ROWS_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), DURATION_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_duration_seconds".into()),
+            DURATION_BUCKETS,
+        )?
         .install_recorder()?;
     describe();
     gauge!("miniscan_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -116,31 +123,55 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("miniscan_messages_total", "Messages through each stage, by outcome.");
+    describe_counter!(
+        "miniscan_messages_total",
+        "Messages through each stage, by outcome."
+    );
     describe_histogram!(
         "miniscan_stage_duration_seconds",
         Unit::Seconds,
         "Work per stage: per message for decode and dedup (mean over a burst), per batch for write."
     );
-    describe_histogram!("miniscan_batch_rows", "Messages per batch handed to the write stage.");
+    describe_histogram!(
+        "miniscan_batch_rows",
+        "Messages per batch handed to the write stage."
+    );
     describe_histogram!(
         "miniscan_write_duration_seconds",
         Unit::Seconds,
         "One write transaction (COPY, upsert, dead letters, commit)."
     );
-    describe_counter!("miniscan_cache_lookups_total", "Dedup cache lookups, by result.");
+    describe_counter!(
+        "miniscan_cache_lookups_total",
+        "Dedup cache lookups, by result."
+    );
     describe_gauge!("miniscan_cache_entries", "Keys held by the dedup cache.");
-    describe_gauge!("miniscan_inflight_messages", "Messages received and not yet acked or nacked.");
-    describe_counter!("miniscan_acks_total", "Messages settled with Pub/Sub, by kind (ack, nack).");
-    describe_counter!("miniscan_dead_letters_total", "Dead letters committed, by reason.");
+    describe_gauge!(
+        "miniscan_inflight_messages",
+        "Messages received and not yet acked or nacked."
+    );
+    describe_counter!(
+        "miniscan_acks_total",
+        "Messages settled with Pub/Sub, by kind (ack, nack)."
+    );
+    describe_counter!(
+        "miniscan_dead_letters_total",
+        "Dead letters committed, by reason."
+    );
     describe_histogram!(
         "miniscan_freshness_lag_seconds",
         Unit::Seconds,
         "Commit time minus the scan's timestamp (reference=scan) or its publish time (reference=publish)."
     );
-    describe_counter!("miniscan_rows_written_total", "Rows of scan_results this replica inserted or updated.");
+    describe_counter!(
+        "miniscan_rows_written_total",
+        "Rows of scan_results this replica inserted or updated."
+    );
     describe_counter!("miniscan_errors_total", "Errors by stage and kind.");
-    describe_gauge!("miniscan_up", "Whether a dependency (database, subscription) is reachable.");
+    describe_gauge!(
+        "miniscan_up",
+        "Whether a dependency (database, subscription) is reachable."
+    );
     describe_gauge!("miniscan_build_info", "Always 1; the version is a label.");
 }
 
@@ -153,7 +184,11 @@ struct Endpoints {
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr`; returns the bound
 /// address (useful with port 0).
-pub async fn serve(addr: SocketAddr, handle: PrometheusHandle, health: Health) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    health: Health,
+) -> std::io::Result<SocketAddr> {
     let process = Arc::new(metrics_process::Collector::default());
     process.describe();
     let state = Endpoints {
@@ -194,6 +229,9 @@ async fn ready(State(s): State<Endpoints>) -> (StatusCode, String) {
     if down.is_empty() {
         (StatusCode::OK, "ready\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("down: {}\n", down.join(", ")))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("down: {}\n", down.join(", ")),
+        )
     }
 }

@@ -28,7 +28,10 @@ impl<S> Ack<S> {
 }
 
 /// Settles one batch, counting it.
-pub fn settle_batch<T: Settle, A: Acknowledge>(batch: Vec<Envelope<T, A>>, summary: &mut AckSummary) {
+pub fn settle_batch<T: Settle, A: Acknowledge>(
+    batch: Vec<Envelope<T, A>>,
+    summary: &mut AckSummary,
+) {
     let mut tally = Tally::new("ack");
     let (mut acked, mut nacked) = (0u64, 0u64);
     for env in batch {

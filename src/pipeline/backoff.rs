@@ -45,7 +45,11 @@ mod tests {
         let caps = [100, 200, 400, 800, 1000, 1000];
         for (d, cap) in delays.iter().zip(caps) {
             let cap = Duration::from_millis(cap);
-            assert!(*d <= cap && *d >= cap / 2, "{d:?} not in [{:?}, {cap:?}]", cap / 2);
+            assert!(
+                *d <= cap && *d >= cap / 2,
+                "{d:?} not in [{:?}, {cap:?}]",
+                cap / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

@@ -93,7 +93,8 @@ impl Tally {
     pub fn flush_counts(&mut self) -> u64 {
         for (outcome, n) in self.counts.iter_mut() {
             if *n > 0 {
-                counter!(MESSAGES_TOTAL, "stage" => self.stage, "outcome" => *outcome).increment(*n);
+                counter!(MESSAGES_TOTAL, "stage" => self.stage, "outcome" => *outcome)
+                    .increment(*n);
                 *n = 0;
             }
         }

@@ -103,7 +103,14 @@ mod tests {
             "double"
         }
         fn apply(&mut self, input: u32) -> (u64, &'static str) {
-            (u64::from(input) * 2, if input.is_multiple_of(2) { "even" } else { "odd" })
+            (
+                u64::from(input) * 2,
+                if input.is_multiple_of(2) {
+                    "even"
+                } else {
+                    "odd"
+                },
+            )
         }
     }
 

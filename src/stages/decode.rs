@@ -134,15 +134,25 @@ struct WireData<'a> {
 fn required<'a>(field: Option<&'a RawValue>, name: &str) -> Result<&'a RawValue, Rejection> {
     match field {
         Some(v) if v.get() != "null" => Ok(v),
-        _ => Err(reject(Reason::MissingField, format!("`{name}` is missing or null"))),
+        _ => Err(reject(
+            Reason::MissingField,
+            format!("`{name}` is missing or null"),
+        )),
     }
 }
 
-fn typed<'a, T: Deserialize<'a>>(raw: &'a RawValue, name: &str, expected: &str) -> Result<T, Rejection> {
+fn typed<'a, T: Deserialize<'a>>(
+    raw: &'a RawValue,
+    name: &str,
+    expected: &str,
+) -> Result<T, Rejection> {
     serde_json::from_str(raw.get()).map_err(|_| {
         reject(
             Reason::InvalidFieldType,
-            format!("`{name}` must be {expected}, got {}", truncate(raw.get(), 64)),
+            format!(
+                "`{name}` must be {expected}, got {}",
+                truncate(raw.get(), 64)
+            ),
         )
     })
 }
@@ -157,7 +167,10 @@ fn integer(raw: &RawValue, name: &str) -> Result<IntOrBig, Rejection> {
     } else {
         Err(reject(
             Reason::InvalidFieldType,
-            format!("`{name}` must be an integer, got {}", truncate(raw.get(), 64)),
+            format!(
+                "`{name}` must be an integer, got {}",
+                truncate(raw.get(), 64)
+            ),
         ))
     }
 }
@@ -189,7 +202,11 @@ pub fn decode(data: &[u8]) -> Result<Observation, Rejection> {
         return Err(reject(Reason::InvalidJson, what));
     }
     let wire: Wire<'_> = serde_json::from_str(text).map_err(|e| {
-        let what = if e.is_data() { "not a JSON object" } else { "not JSON" };
+        let what = if e.is_data() {
+            "not a JSON object"
+        } else {
+            "not JSON"
+        };
         reject(Reason::InvalidJson, format!("{what}: {e}"))
     })?;
 
@@ -198,17 +215,26 @@ pub fn decode(data: &[u8]) -> Result<Observation, Rejection> {
     let ip: IpAddr = ip_str.parse().map_err(|_| {
         reject(
             Reason::InvalidIp,
-            format!("`ip` is not an IPv4 or IPv6 address: {:?}", truncate(ip_str, 64)),
+            format!(
+                "`ip` is not an IPv4 or IPv6 address: {:?}",
+                truncate(ip_str, 64)
+            ),
         )
     })?;
 
     let port = match integer(required(wire.port, "port")?, "port")? {
         IntOrBig::Int(p) if (0..=65535).contains(&p) => p as u16,
         IntOrBig::Int(p) => {
-            return Err(reject(Reason::PortOutOfRange, format!("`port` {p} is outside 0..=65535")));
+            return Err(reject(
+                Reason::PortOutOfRange,
+                format!("`port` {p} is outside 0..=65535"),
+            ));
         }
         IntOrBig::Big => {
-            return Err(reject(Reason::PortOutOfRange, "`port` is outside 0..=65535"));
+            return Err(reject(
+                Reason::PortOutOfRange,
+                "`port` is outside 0..=65535",
+            ));
         }
     };
 
@@ -218,7 +244,10 @@ pub fn decode(data: &[u8]) -> Result<Observation, Rejection> {
     }
     if service.contains('\0') {
         // PostgreSQL text cannot hold NUL; a key must be stored exactly.
-        return Err(reject(Reason::InvalidFieldType, "`service` contains a NUL character"));
+        return Err(reject(
+            Reason::InvalidFieldType,
+            "`service` contains a NUL character",
+        ));
     }
 
     let timestamp = match integer(required(wire.timestamp, "timestamp")?, "timestamp")? {
@@ -252,24 +281,42 @@ pub fn decode(data: &[u8]) -> Result<Observation, Rejection> {
     if !data_raw.get().starts_with('{') {
         return Err(reject(
             Reason::InvalidFieldType,
-            format!("`data` must be an object, got {}", truncate(data_raw.get(), 64)),
+            format!(
+                "`data` must be an object, got {}",
+                truncate(data_raw.get(), 64)
+            ),
         ));
     }
     let data: WireData<'_> = typed(data_raw, "data", "an object")?;
     let (response, response_raw) = if version == 1 {
-        let raw = data.response_bytes_utf8.filter(|r| r.get() != "null").ok_or_else(|| {
-            reject(Reason::MissingResponse, "data_version 1 requires `data.response_bytes_utf8`")
-        })?;
+        let raw = data
+            .response_bytes_utf8
+            .filter(|r| r.get() != "null")
+            .ok_or_else(|| {
+                reject(
+                    Reason::MissingResponse,
+                    "data_version 1 requires `data.response_bytes_utf8`",
+                )
+            })?;
         let encoded: std::borrow::Cow<'_, str> =
             typed(raw, "data.response_bytes_utf8", "a base64 string")?;
         let bytes = BASE64.decode(encoded.as_bytes()).map_err(|e| {
-            reject(Reason::InvalidBase64, format!("`data.response_bytes_utf8`: {e}"))
+            reject(
+                Reason::InvalidBase64,
+                format!("`data.response_bytes_utf8`: {e}"),
+            )
         })?;
         render_bytes(bytes)
     } else {
-        let raw = data.response_str.filter(|r| r.get() != "null").ok_or_else(|| {
-            reject(Reason::MissingResponse, "data_version 2 requires `data.response_str`")
-        })?;
+        let raw = data
+            .response_str
+            .filter(|r| r.get() != "null")
+            .ok_or_else(|| {
+                reject(
+                    Reason::MissingResponse,
+                    "data_version 2 requires `data.response_str`",
+                )
+            })?;
         let s: String = typed(raw, "data.response_str", "a string")?;
         render_string(s)
     };
@@ -377,35 +424,95 @@ mod tests {
 
     #[test]
     fn every_malformed_kind_has_its_reason() {
-        let ok = r#""port":1,"service":"S","timestamp":1,"data_version":2,"data":{"response_str":"x"}"#;
+        let ok =
+            r#""port":1,"service":"S","timestamp":1,"data_version":2,"data":{"response_str":"x"}"#;
         assert_eq!(reason("not json"), Reason::InvalidJson);
         assert_eq!(reason("[1,2]"), Reason::InvalidJson);
         assert_eq!(reason("{\"ip\":"), Reason::InvalidJson);
         assert_eq!(decode(b"\xff\xfe").unwrap_err().reason, Reason::InvalidJson);
         assert_eq!(reason(&format!("{{{ok}}}")), Reason::MissingField);
-        assert_eq!(reason(&format!("{{\"ip\":null,{ok}}}")), Reason::MissingField);
-        assert_eq!(reason(&format!("{{\"ip\":7,{ok}}}")), Reason::InvalidFieldType);
-        assert_eq!(reason(&format!("{{\"ip\":\"1.1.1\",{ok}}}")), Reason::InvalidIp);
-        assert_eq!(reason(&format!("{{\"ip\":\"fe80::1%eth0\",{ok}}}")), Reason::InvalidIp);
+        assert_eq!(
+            reason(&format!("{{\"ip\":null,{ok}}}")),
+            Reason::MissingField
+        );
+        assert_eq!(
+            reason(&format!("{{\"ip\":7,{ok}}}")),
+            Reason::InvalidFieldType
+        );
+        assert_eq!(
+            reason(&format!("{{\"ip\":\"1.1.1\",{ok}}}")),
+            Reason::InvalidIp
+        );
+        assert_eq!(
+            reason(&format!("{{\"ip\":\"fe80::1%eth0\",{ok}}}")),
+            Reason::InvalidIp
+        );
         let base = |port: &str, service: &str, ts: &str, v: &str, data: &str| {
-            format!(r#"{{"ip":"1.2.3.4","port":{port},"service":{service},"timestamp":{ts},"data_version":{v},"data":{data}}}"#)
+            format!(
+                r#"{{"ip":"1.2.3.4","port":{port},"service":{service},"timestamp":{ts},"data_version":{v},"data":{data}}}"#
+            )
         };
         let d2 = r#"{"response_str":"x"}"#;
-        assert_eq!(reason(&base("65536", "\"S\"", "1", "2", d2)), Reason::PortOutOfRange);
-        assert_eq!(reason(&base("-1", "\"S\"", "1", "2", d2)), Reason::PortOutOfRange);
-        assert_eq!(reason(&base("18446744073709551615", "\"S\"", "1", "2", d2)), Reason::PortOutOfRange);
-        assert_eq!(reason(&base("\"80\"", "\"S\"", "1", "2", d2)), Reason::InvalidFieldType);
-        assert_eq!(reason(&base("80.5", "\"S\"", "1", "2", d2)), Reason::InvalidFieldType);
-        assert_eq!(reason(&base("80", "\"\"", "1", "2", d2)), Reason::EmptyService);
-        assert_eq!(reason(&base("80", "5", "1", "2", d2)), Reason::InvalidFieldType);
-        assert_eq!(reason(&base("80", "\"S\"", "1e3", "2", d2)), Reason::InvalidFieldType);
-        assert_eq!(reason(&base("80", "\"S\"", "99999999999999", "2", d2)), Reason::TimestampOutOfRange);
-        assert_eq!(reason(&base("80", "\"S\"", "1", "3", d2)), Reason::UnknownDataVersion);
-        assert_eq!(reason(&base("80", "\"S\"", "1", "1", d2)), Reason::MissingResponse);
-        assert_eq!(reason(&base("80", "\"S\"", "1", "2", "{}")), Reason::MissingResponse);
-        assert_eq!(reason(&base("80", "\"S\"", "1", "2", "[]")), Reason::InvalidFieldType);
         assert_eq!(
-            reason(&base("80", "\"S\"", "1", "1", r#"{"response_bytes_utf8":"@@@"}"#)),
+            reason(&base("65536", "\"S\"", "1", "2", d2)),
+            Reason::PortOutOfRange
+        );
+        assert_eq!(
+            reason(&base("-1", "\"S\"", "1", "2", d2)),
+            Reason::PortOutOfRange
+        );
+        assert_eq!(
+            reason(&base("18446744073709551615", "\"S\"", "1", "2", d2)),
+            Reason::PortOutOfRange
+        );
+        assert_eq!(
+            reason(&base("\"80\"", "\"S\"", "1", "2", d2)),
+            Reason::InvalidFieldType
+        );
+        assert_eq!(
+            reason(&base("80.5", "\"S\"", "1", "2", d2)),
+            Reason::InvalidFieldType
+        );
+        assert_eq!(
+            reason(&base("80", "\"\"", "1", "2", d2)),
+            Reason::EmptyService
+        );
+        assert_eq!(
+            reason(&base("80", "5", "1", "2", d2)),
+            Reason::InvalidFieldType
+        );
+        assert_eq!(
+            reason(&base("80", "\"S\"", "1e3", "2", d2)),
+            Reason::InvalidFieldType
+        );
+        assert_eq!(
+            reason(&base("80", "\"S\"", "99999999999999", "2", d2)),
+            Reason::TimestampOutOfRange
+        );
+        assert_eq!(
+            reason(&base("80", "\"S\"", "1", "3", d2)),
+            Reason::UnknownDataVersion
+        );
+        assert_eq!(
+            reason(&base("80", "\"S\"", "1", "1", d2)),
+            Reason::MissingResponse
+        );
+        assert_eq!(
+            reason(&base("80", "\"S\"", "1", "2", "{}")),
+            Reason::MissingResponse
+        );
+        assert_eq!(
+            reason(&base("80", "\"S\"", "1", "2", "[]")),
+            Reason::InvalidFieldType
+        );
+        assert_eq!(
+            reason(&base(
+                "80",
+                "\"S\"",
+                "1",
+                "1",
+                r#"{"response_bytes_utf8":"@@@"}"#
+            )),
             Reason::InvalidBase64
         );
     }

@@ -97,7 +97,6 @@ impl Dedup {
     }
 }
 
-
 impl Transform for Dedup {
     type In = Record;
     type Out = Record;
@@ -163,14 +162,22 @@ mod tests {
         // Nothing committed yet: everything passes, even repeats.
         assert_eq!(dedup.apply(scan(10, "a")).1, "pass");
         assert_eq!(dedup.apply(scan(10, "a")).1, "pass");
-        let Record::Scan(s) = scan(10, "a") else { unreachable!() };
+        let Record::Scan(s) = scan(10, "a") else {
+            unreachable!()
+        };
         orders.committed(&s.key, &s.order);
         assert_eq!(dedup.apply(scan(10, "a")).1, "stale", "a redelivery");
         assert_eq!(dedup.apply(scan(9, "z")).1, "stale", "an older scan");
-        assert_eq!(dedup.apply(scan(10, "b")).1, "pass", "a tie broken by message id");
+        assert_eq!(
+            dedup.apply(scan(10, "b")).1,
+            "pass",
+            "a tie broken by message id"
+        );
         assert_eq!(dedup.apply(scan(11, "a")).1, "pass", "a newer scan");
         // An older commit never lowers what is known.
-        let Record::Scan(old) = scan(5, "a") else { unreachable!() };
+        let Record::Scan(old) = scan(5, "a") else {
+            unreachable!()
+        };
         orders.committed(&old.key, &old.order);
         assert_eq!(dedup.apply(scan(9, "z")).1, "stale");
     }
@@ -179,7 +186,9 @@ mod tests {
     fn a_zero_capacity_cache_passes_everything() {
         let orders = CommittedOrders::new(0);
         let mut dedup = Dedup::new(orders.clone());
-        let Record::Scan(s) = scan(10, "a") else { unreachable!() };
+        let Record::Scan(s) = scan(10, "a") else {
+            unreachable!()
+        };
         orders.committed(&s.key, &s.order);
         orders.publish_metrics();
         assert_eq!(dedup.apply(scan(10, "a")).1, "pass");

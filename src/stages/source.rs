@@ -62,7 +62,9 @@ pub struct PubsubSource {
 
 impl std::fmt::Debug for PubsubSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PubsubSource").field("config", &self.config).finish()
+        f.debug_struct("PubsubSource")
+            .field("config", &self.config)
+            .finish()
     }
 }
 
@@ -81,7 +83,12 @@ pub fn received(m: Message) -> Received {
 
 impl PubsubSource {
     /// A source pulling `config.subscription` through `client`.
-    pub fn new(client: Subscriber, admin: SubscriptionAdmin, config: SourceConfig, health: Health) -> Self {
+    pub fn new(
+        client: Subscriber,
+        admin: SubscriptionAdmin,
+        config: SourceConfig,
+        health: Health,
+    ) -> Self {
         Self {
             client,
             admin,
@@ -92,7 +99,10 @@ impl PubsubSource {
     }
 
     /// The merged message stream; it ends when `shutdown` stops the source.
-    pub fn stream(&self, shutdown: Shutdown) -> impl Stream<Item = Envelope<Received, PubsubAck>> + Send + 'static {
+    pub fn stream(
+        &self,
+        shutdown: Shutdown,
+    ) -> impl Stream<Item = Envelope<Received, PubsubAck>> + Send + 'static {
         let streams = (0..self.config.streams.max(1)).map(|_| self.clone().one_stream().boxed());
         futures::stream::select_all(streams).take_until(async move { shutdown.stopped().await })
     }
@@ -112,34 +122,44 @@ impl PubsubSource {
 
     fn one_stream(self) -> impl Stream<Item = Envelope<Received, PubsubAck>> + Send + 'static {
         let backoff = Backoff::new(self.config.reopen_initial, self.config.reopen_max);
-        futures::stream::unfold((self, None::<MessageStream>, backoff), |(src, mut current, mut backoff)| async move {
-            loop {
-                let stream = current.get_or_insert_with(|| src.open());
-                match stream.next().await {
-                    Some(Ok((m, h))) => {
-                        src.health.set_subscription(true);
-                        backoff.reset();
-                        return Some((Envelope::new(received(m), PubsubAck(h)), (src, current, backoff)));
-                    }
-                    Some(Err(e)) => {
-                        src.health.set_subscription(false);
-                        metrics::counter!("miniscan_errors_total", "stage" => "source", "kind" => "stream").increment(1);
-                        let delay = backoff.next_delay();
-                        tracing::warn!(error = %crate::stages::write::Chain(&e),
+        futures::stream::unfold(
+            (self, None::<MessageStream>, backoff),
+            |(src, mut current, mut backoff)| async move {
+                loop {
+                    let stream = current.get_or_insert_with(|| src.open());
+                    match stream.next().await {
+                        Some(Ok((m, h))) => {
+                            src.health.set_subscription(true);
+                            backoff.reset();
+                            return Some((
+                                Envelope::new(received(m), PubsubAck(h)),
+                                (src, current, backoff),
+                            ));
+                        }
+                        Some(Err(e)) => {
+                            src.health.set_subscription(false);
+                            metrics::counter!("miniscan_errors_total", "stage" => "source", "kind" => "stream").increment(1);
+                            let delay = backoff.next_delay();
+                            tracing::warn!(error = %crate::stages::write::Chain(&e),
                             subscription = %src.config.subscription,
                             retry_in_ms = delay.as_millis() as u64, "streaming pull failed; reopening");
-                        current = None;
-                        tokio::time::sleep(delay).await;
-                        let probe = src.admin.get_subscription().set_subscription(src.config.subscription.clone());
-                        let probed = tokio::time::timeout(Duration::from_secs(5), probe.send()).await;
-                        if matches!(probed, Ok(Ok(_))) {
-                            src.health.set_subscription(true);
+                            current = None;
+                            tokio::time::sleep(delay).await;
+                            let probe = src
+                                .admin
+                                .get_subscription()
+                                .set_subscription(src.config.subscription.clone());
+                            let probed =
+                                tokio::time::timeout(Duration::from_secs(5), probe.send()).await;
+                            if matches!(probed, Ok(Ok(_))) {
+                                src.health.set_subscription(true);
+                            }
                         }
+                        None => return None,
                     }
-                    None => return None,
                 }
-            }
-        })
+            },
+        )
     }
 
     /// After the pipeline has settled every message: closes the streams and
@@ -151,7 +171,9 @@ impl PubsubSource {
         };
         let all = futures::future::join_all(tokens.iter().map(|t| t.shutdown()));
         if tokio::time::timeout(timeout, all).await.is_err() {
-            tracing::warn!("timed out sending the last acks; those messages will be delivered again");
+            tracing::warn!(
+                "timed out sending the last acks; those messages will be delivered again"
+            );
         }
     }
 }

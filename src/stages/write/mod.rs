@@ -36,9 +36,9 @@ pub mod sql;
 use super::dedup::CommittedOrders;
 use super::{DeadLetter, Record, Scan, now_micros};
 use crate::pipeline::{Acknowledge, Backoff, Envelope, Settle, Settlement, Shutdown, Sink};
-use std::future::Future;
 use crate::telemetry::Health;
 use metrics::{counter, histogram};
+use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,9 +126,25 @@ pub fn is_data_sqlstate(code: &SqlState) -> bool {
     matches!(&code.code()[..2], "22" | "23" | "54")
 }
 
+/// Fewest rows worth a partition of their own: below this, a transaction's
+/// fixed cost (round trips, commit) outweighs the parallelism.
+const MIN_PARTITION_ROWS: usize = 256;
+
+/// Which of `parts` partitions a key belongs to. Stable within a process,
+/// which is all that is needed: partitions only keep this process's
+/// concurrent transactions on disjoint keys.
+fn partition_of(key: &super::ScanKey, parts: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let h =
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key);
+    (h % parts as u64) as usize
+}
+
 /// Write settings.
 #[derive(Clone, Debug)]
 pub struct WriteConfig {
+    /// Disjoint key partitions a batch is split into, committed concurrently.
+    pub partitions: usize,
     /// First retry delay after a transient failure.
     pub retry_initial: Duration,
     /// Longest retry delay.
@@ -190,7 +206,9 @@ impl PgSink {
     async fn attempt(&self, scans: &[&Scan], dead: &[&DeadLetter]) -> Result<u64, WriteError> {
         let mut client = self.inner.pool.get().await.map_err(WriteError::Pool)?;
         let started = Instant::now();
-        let result = sql::commit(&mut client, scans, dead).await.map_err(WriteError::Db);
+        let result = sql::commit(&mut client, scans, dead)
+            .await
+            .map_err(WriteError::Db);
         histogram!("miniscan_write_duration_seconds").record(started.elapsed().as_secs_f64());
         result
     }
@@ -208,7 +226,8 @@ impl PgSink {
                 }
                 Err(e) if e.is_transient() => {
                     self.inner.health.set_database(false);
-                    counter!("miniscan_errors_total", "stage" => "write", "kind" => "transient").increment(1);
+                    counter!("miniscan_errors_total", "stage" => "write", "kind" => "transient")
+                        .increment(1);
                     if self.inner.shutdown.is_aborted() {
                         tracing::error!(error = %Chain(&e), rows = scans.len() + dead.len(),
                             "giving up on a batch at shutdown; it will be delivered again");
@@ -224,11 +243,57 @@ impl PgSink {
                 }
                 Err(e) => {
                     self.inner.health.set_database(true);
-                    counter!("miniscan_errors_total", "stage" => "write", "kind" => "rejected").increment(1);
+                    counter!("miniscan_errors_total", "stage" => "write", "kind" => "rejected")
+                        .increment(1);
                     return Err(Failure::Rejected(e));
                 }
             }
         }
+    }
+
+    /// Commits `scans` (sorted by key) and `dead`, splitting the scans into
+    /// up to `partitions` disjoint sets of keys (by key hash) committed
+    /// concurrently, each in its own transaction on its own connection. The
+    /// sets share no key, so they never wait on each other's row locks, and
+    /// each stays sorted, so they cannot deadlock with other replicas either.
+    /// One PostgreSQL backend runs one core; several use the machine.
+    async fn commit_partitioned(
+        &self,
+        scans: &[&Scan],
+        dead: &[&DeadLetter],
+    ) -> (Vec<Verdict>, u64) {
+        let parts = self
+            .inner
+            .config
+            .partitions
+            .min(scans.len() / MIN_PARTITION_ROWS)
+            .max(1);
+        if parts == 1 {
+            return self.commit_isolating(scans, dead).await;
+        }
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); parts];
+        for (i, s) in scans.iter().enumerate() {
+            members[partition_of(&s.key, parts)].push(i);
+        }
+        let runs = members.iter().enumerate().map(|(k, idx)| {
+            let rows: Vec<&Scan> = idx.iter().map(|&i| scans[i]).collect();
+            // Dead letters ride with the first partition.
+            let dead: &[&DeadLetter] = if k == 0 { dead } else { &[] };
+            async move { self.commit_isolating(&rows, dead).await }
+        });
+        let results = futures::future::join_all(runs).await;
+        let mut verdicts = vec![Verdict::Pending; scans.len() + dead.len()];
+        let mut changed = 0;
+        for (idx, (part, c)) in members.iter().zip(results) {
+            changed += c;
+            for (j, v) in part.into_iter().enumerate() {
+                match idx.get(j) {
+                    Some(&i) => verdicts[i] = v,
+                    None => verdicts[scans.len() + j - idx.len()] = v,
+                }
+            }
+        }
+        (verdicts, changed)
     }
 
     /// Commits `scans` and `dead`, bisecting around rows the database rejects.
@@ -246,7 +311,8 @@ impl PgSink {
         work.push(0..n);
         while let Some(range) = work.pop() {
             let s = range.start.min(scans.len())..range.end.min(scans.len());
-            let d = range.start.max(scans.len()) - scans.len()..range.end.max(scans.len()) - scans.len();
+            let d = range.start.max(scans.len()) - scans.len()
+                ..range.end.max(scans.len()) - scans.len();
             match self.commit_retrying(&scans[s], &dead[d]).await {
                 Ok(c) => {
                     changed += c;
@@ -277,13 +343,19 @@ impl<A: Acknowledge> Sink<A> for PgSink {
         "write"
     }
 
-    fn write(&self, batch: Vec<Envelope<Record, A>>) -> impl Future<Output = Vec<Envelope<Written, A>>> + Send {
+    fn write(
+        &self,
+        batch: Vec<Envelope<Record, A>>,
+    ) -> impl Future<Output = Vec<Envelope<Written, A>>> + Send {
         write_records(self, batch)
     }
 }
 
 /// Settles a batch of records against the database.
-async fn write_records<A: Acknowledge>(sink: &PgSink, batch: Vec<Envelope<Record, A>>) -> Vec<Envelope<Written, A>> {
+async fn write_records<A: Acknowledge>(
+    sink: &PgSink,
+    batch: Vec<Envelope<Record, A>>,
+) -> Vec<Envelope<Written, A>> {
     let mut verdicts = vec![Written::Nack; batch.len()];
     let mut scan_pos: Vec<usize> = Vec::new();
     let mut scans: Vec<&Scan> = Vec::new();
@@ -307,7 +379,7 @@ async fn write_records<A: Acknowledge>(sink: &PgSink, batch: Vec<Envelope<Record
     // winners) of the row that decides scan j's fate.
     let winners = merge::newest_per_key(&scans);
     let winner_scans: Vec<&Scan> = winners.iter().map(|&j| scans[j]).collect();
-    let (results, changed) = sink.commit_isolating(&winner_scans, &dead).await;
+    let (results, changed) = sink.commit_partitioned(&winner_scans, &dead).await;
     let (winner_results, dead_results) = results.split_at(winner_scans.len());
 
     // Rows the database rejected become dead letters of their own.
@@ -365,7 +437,8 @@ async fn write_records<A: Acknowledge>(sink: &PgSink, batch: Vec<Envelope<Record
     for (k, &w) in rejected_of.iter().enumerate() {
         if rejected_ok[k] {
             winner_fate[w] = Written::DeadLetter;
-            counter!("miniscan_dead_letters_total", "reason" => "rejected_by_database").increment(1);
+            counter!("miniscan_dead_letters_total", "reason" => "rejected_by_database")
+                .increment(1);
         }
     }
     if changed > 0 {
@@ -410,7 +483,8 @@ fn observe_lag(committed_at: i64, s: &Scan) {
     let scan_lag = (committed_at as f64 / 1e6) - s.order.timestamp as f64;
     let publish_lag = (committed_at - s.order.published_micros) as f64 / 1e6;
     histogram!("miniscan_freshness_lag_seconds", "reference" => "scan").record(scan_lag.max(0.0));
-    histogram!("miniscan_freshness_lag_seconds", "reference" => "publish").record(publish_lag.max(0.0));
+    histogram!("miniscan_freshness_lag_seconds", "reference" => "publish")
+        .record(publish_lag.max(0.0));
 }
 
 /// Formats an error with its sources: "a: b: c".
@@ -446,7 +520,12 @@ mod tests {
     #[test]
     fn verdicts_settle_as_documented() {
         assert_eq!(Written::Nack.settlement(), Settlement::Nack);
-        for w in [Written::Stored, Written::Superseded, Written::Stale, Written::DeadLetter] {
+        for w in [
+            Written::Stored,
+            Written::Superseded,
+            Written::Stale,
+            Written::DeadLetter,
+        ] {
             assert_eq!(w.settlement(), Settlement::Ack, "{w:?}");
         }
     }

@@ -103,7 +103,10 @@ pub async fn commit(
         let reasons: Vec<&str> = dead.iter().map(|d| d.reason).collect();
         let details: Vec<&str> = dead.iter().map(|d| d.detail.as_str()).collect();
         let payloads: Vec<&[u8]> = dead.iter().map(|d| &d.payload[..]).collect();
-        let published: Vec<SystemTime> = dead.iter().map(|d| micros_to_time(d.published_micros)).collect();
+        let published: Vec<SystemTime> = dead
+            .iter()
+            .map(|d| micros_to_time(d.published_micros))
+            .collect();
         let stmt = tx.prepare_cached(DEAD_LETTERS).await?;
         tx.execute(&stmt, &[&ids, &reasons, &details, &payloads, &published])
             .await?;
