@@ -723,3 +723,47 @@ async fn scan_command_output_is_ingested() {
         "the scanner's own messages are valid"
     );
 }
+
+/// A row PostgreSQL refuses for its data (here: a service name too long for the primary key's
+/// btree index, SQLSTATE 54000) must not block its batch or the subscription: the batch is
+/// bisected, the offending message becomes a `rejected_by_database` dead letter with its exact
+/// payload, and every other message of the batch is stored.
+#[tokio::test]
+async fn a_row_the_database_rejects_is_isolated_and_the_rest_of_its_batch_commits() {
+    use rand::Rng as _;
+    let ctx = TestContext::new().await;
+    let mut rng = seeded_rng("poison");
+    // Random letters do not compress, so the index entry stays far above btree's ~2.7 kB limit.
+    let huge_service: String = (0..10_000)
+        .map(|_| rng.random_range(b'a'..=b'z') as char)
+        .collect();
+    let poison = Scan::new("203.0.113.7", 80, &huge_service, T0, "boom").v2();
+    let mut payloads: Vec<Vec<u8>> = (0..40u16)
+        .map(|i| Scan::new("203.0.113.8", 1000 + i, "HTTP", T0, format!("ok {i}")).v1())
+        .collect();
+    payloads.insert(17, poison.clone());
+    // One batch: everything arrives before it may leave.
+    ingest(
+        &ctx,
+        &payloads,
+        &[
+            ("MINISCAN_BATCH_MAX_ROWS", "1000"),
+            ("MINISCAN_BATCH_MAX_WAIT_MS", "2000"),
+        ],
+    )
+    .await;
+
+    assert_eq!(
+        ctx.db.count_rows().await,
+        40,
+        "the good rows of the batch are stored"
+    );
+    let dead = ctx.db.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0].reason, "rejected_by_database");
+    assert!(dead[0].detail.starts_with("54000"), "{}", dead[0].detail);
+    assert_eq!(
+        dead[0].payload, poison,
+        "the dead letter keeps the exact payload"
+    );
+}
