@@ -1,0 +1,266 @@
+//! CPU cost of the per-message work, with criterion: `cargo bench --bench pipeline`.
+//!
+//! * `decode/v1`, `decode/v2`: [`decode`] of one message of each format.
+//! * `dedup/*`: one [`Dedup`] lookup: a key the cache knows (the scan is newer,
+//!   or stale) and a key it does not; `dedup/learn_newer`: the write stage
+//!   teaching the cache a newer committed order (`CommittedOrders::committed`).
+//! * `pipeline/overhead`: an in-memory source of pre-built envelopes through
+//!   `source → decode → dedup → batch → null sink → ack`, the same combinators
+//!   as `mini_scan::app::ingest_until`, on a current-thread runtime.
+//!   `overhead_no_cache` is the same with a zero-capacity dedup cache.
+//!
+//! Every figure is CPU time of the benchmarking thread (`CLOCK_THREAD_CPUTIME_ID`),
+//! not wall time, so other work on the machine inflates it less; throughput is
+//! per message (`Throughput::Elements`).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mini_scan::pipeline::{
+    Acknowledge, BatchPipelineExt, Envelope, PipelineExt, SettleExt, Sink, Transform,
+};
+use mini_scan::scan::{GenConfig, Generator};
+use mini_scan::stages::decode::{Decode, decode};
+use mini_scan::stages::dedup::{CommittedOrders, Dedup};
+use mini_scan::stages::write::Written;
+use mini_scan::stages::{Order, Received, Record, Scan};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use support::thread_cpu;
+
+/// An ack handle that counts acks and nacks.
+#[derive(Debug)]
+struct RecordingAck(Arc<AtomicU64>);
+
+impl Acknowledge for RecordingAck {
+    fn ack(self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn nack(self) {
+        self.0.fetch_add(1 << 32, Ordering::Relaxed);
+    }
+}
+
+/// A sink that settles every record without I/O, as the real one would.
+#[derive(Clone, Copy, Debug)]
+struct NullSink;
+
+impl<A: Acknowledge> Sink<A> for NullSink {
+    type In = Record;
+    type Out = Written;
+
+    fn name(&self) -> &'static str {
+        "write"
+    }
+
+    fn write(
+        &self,
+        batch: Vec<Envelope<Record, A>>,
+    ) -> impl Future<Output = Vec<Envelope<Written, A>>> + Send {
+        let out = batch
+            .into_iter()
+            .map(|env| {
+                env.map(|r| match r {
+                    Record::Scan(_) => Written::Stored,
+                    Record::Stale => Written::Stale,
+                    Record::Dead(_) => Written::DeadLetter,
+                })
+            })
+            .collect();
+        std::future::ready(out)
+    }
+}
+
+/// The e2e bench's mix: 100k keys, 10% duplicates, 20% out of order, 1% malformed.
+fn messages(n: usize) -> Vec<Received> {
+    let mut generator = Generator::new(GenConfig {
+        keys: Some(100_000),
+        v1_ratio: 0.5,
+        duplicate_ratio: 0.1,
+        out_of_order_ratio: 0.2,
+        malformed_ratio: 0.01,
+        response_bytes: None,
+        seed: Some(42),
+    });
+    (0..n)
+        .map(|i| Received {
+            data: generator.next_message().into(),
+            message_id: format!("{}", 10_000_000_000u64 + i as u64),
+            published_micros: 1_700_000_000_000_000 + i as i64,
+        })
+        .collect()
+}
+
+fn one_of_version(v: u8) -> Vec<u8> {
+    let mut generator = Generator::new(GenConfig {
+        keys: Some(100_000),
+        v1_ratio: if v == 1 { 1.0 } else { 0.0 },
+        duplicate_ratio: 0.0,
+        out_of_order_ratio: 0.0,
+        malformed_ratio: 0.0,
+        response_bytes: None,
+        seed: Some(7),
+    });
+    generator.next_message()
+}
+
+fn bench_decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(1));
+    for v in [1u8, 2] {
+        let msg = one_of_version(v);
+        decode(&msg).expect("a valid message");
+        g.bench_function(format!("v{v}"), |b| {
+            b.iter_custom(|iters| {
+                let started = thread_cpu();
+                for _ in 0..iters {
+                    black_box(decode(black_box(&msg)).ok());
+                }
+                thread_cpu() - started
+            })
+        });
+    }
+    g.finish();
+}
+
+fn scan_of(i: u32, timestamp: i64) -> Scan {
+    Scan {
+        key: mini_scan::stages::ScanKey {
+            ip: std::net::IpAddr::from((0x0101_0100u32 + i / 1000).to_be_bytes()),
+            port: (i % 1000) as u16,
+            service: ["HTTP", "SSH", "DNS"][(i % 3) as usize].to_string(),
+        },
+        order: Order {
+            timestamp,
+            published_micros: 1_700_000_000_000_000,
+            message_id: format!("{}", 10_000_000_000u64 + u64::from(i)),
+        },
+        response: "service response: 42".into(),
+        response_raw: None,
+        payload: Default::default(),
+    }
+}
+
+/// Thread CPU time of RING lookups per iteration (the records are cloned
+/// outside the clock; a stale scan is dropped inside `apply`, as in production),
+/// and of RING cache updates (`learn_newer`).
+fn bench_dedup(c: &mut Criterion) {
+    const KEYS: u32 = 100_000;
+    const RING: usize = 4096;
+    let orders = CommittedOrders::new(200_000);
+    for i in 0..KEYS {
+        let s = scan_of(i, 1_700_000_000);
+        orders.committed(&s.key, &s.order);
+    }
+    let mut g = c.benchmark_group("dedup");
+    g.throughput(Throughput::Elements(RING as u64));
+    let cases = [("hit_newer", 1, 0), ("hit_stale", -1, 0), ("miss", 1, KEYS)];
+    for (label, delta, offset) in cases {
+        let records: Vec<Record> = (0..RING as u32)
+            .map(|i| {
+                Record::Scan(scan_of(
+                    i * (KEYS / RING as u32) + offset,
+                    1_700_000_000 + delta,
+                ))
+            })
+            .collect();
+        let mut dedup = Dedup::new(orders.clone());
+        g.bench_function(label, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let batch = records.clone();
+                    let started = thread_cpu();
+                    for r in batch {
+                        black_box(dedup.apply(r));
+                    }
+                    total += thread_cpu() - started;
+                }
+                total
+            })
+        });
+    }
+    // What the write stage does for every committed winner: teach the cache
+    // a newer order (a get, then an insert).
+    let mut round = 0i64;
+    g.bench_function("learn_newer", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                round += 1;
+                let scans: Vec<Scan> = (0..RING as u32)
+                    .map(|i| scan_of(i * (KEYS / RING as u32), 1_700_000_000 + 10 + round))
+                    .collect();
+                let started = thread_cpu();
+                for s in &scans {
+                    orders.committed(&s.key, &s.order);
+                }
+                total += thread_cpu() - started;
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+fn bench_pipeline(c: &mut Criterion) {
+    /// Messages per iteration: ten 1k-message batches.
+    const N: usize = 10_000;
+    // Counters and histograms cost what they cost in production.
+    let _ = mini_scan::telemetry::install_metrics();
+    let msgs = messages(N);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let acks = Arc::new(AtomicU64::new(0));
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(30);
+    for (label, cache) in [("overhead", 200_000u64), ("overhead_no_cache", 0)] {
+        let orders = CommittedOrders::new(cache);
+        g.bench_function(label, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let envs: Vec<Envelope<Received, RecordingAck>> = msgs
+                        .iter()
+                        .map(|m| Envelope::new(m.clone(), RecordingAck(acks.clone())))
+                        .collect();
+                    let before = acks.load(Ordering::Relaxed);
+                    let dedup = Dedup::new(orders.clone());
+                    let started = thread_cpu();
+                    let summary = rt.block_on(async move {
+                        futures::stream::iter(envs)
+                            .source("source")
+                            .transform(Decode)
+                            .transform(dedup)
+                            .batch("batch", 1000, Duration::from_millis(100))
+                            .write(NullSink, 2)
+                            .ack()
+                            .await
+                    });
+                    total += thread_cpu() - started;
+                    assert_eq!(summary.acked, N as u64);
+                    assert_eq!(
+                        acks.load(Ordering::Relaxed) - before,
+                        N as u64,
+                        "every message acked once"
+                    );
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    targets = bench_decode, bench_dedup, bench_pipeline
+}
+criterion_main!(benches);
