@@ -153,7 +153,7 @@ fn bench_dedup(c: &mut Criterion) {
     let orders = CommittedOrders::new(200_000);
     for i in 0..KEYS {
         let s = scan_of(i, 1_700_000_000);
-        orders.committed(&s.key, &s.order);
+        orders.committed(s.key, s.order);
     }
     let mut g = c.benchmark_group("dedup");
     g.throughput(Throughput::Elements(RING as u64));
@@ -195,8 +195,8 @@ fn bench_dedup(c: &mut Criterion) {
                     .map(|i| scan_of(i * (KEYS / RING as u32), 1_700_000_000 + 10 + round))
                     .collect();
                 let started = thread_cpu();
-                for s in &scans {
-                    orders.committed(&s.key, &s.order);
+                for s in scans {
+                    orders.committed(s.key, s.order);
                 }
                 total += thread_cpu() - started;
             }

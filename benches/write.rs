@@ -338,7 +338,7 @@ async fn writer(
         write_batch(strategy, &mut client, &winners).await?;
         if let Some(c) = cache {
             for s in &winners {
-                c.committed(&s.key, &s.order);
+                c.committed(s.key.clone(), s.order.clone());
             }
         }
     }

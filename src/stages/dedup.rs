@@ -48,11 +48,16 @@ impl CommittedOrders {
 
     /// Records that `order` (or something newer) is committed for `key`. Call
     /// only after the commit.
-    pub fn committed(&self, key: &ScanKey, order: &Order) {
-        match self.cache.get(key) {
-            Some(known) if known >= *order => {}
-            _ => self.cache.insert(key.clone(), order.clone()),
-        }
+    ///
+    /// This overwrites without comparing: a concurrent batch that committed
+    /// an older winner for the same key may lower the entry. That is safe,
+    /// since the database holds at least what any committed batch wrote, so
+    /// every entry stays a lower bound of the table; it only makes the cache
+    /// less effective for a moment. Skipping the read halves the cost of the
+    /// hottest client-side step of the write path (measured in
+    /// `benches/write.rs`).
+    pub fn committed(&self, key: ScanKey, order: Order) {
+        self.cache.insert(key, order);
     }
 
     /// Keys held (approximate, as moka counts lazily).
@@ -165,7 +170,7 @@ mod tests {
         let Record::Scan(s) = scan(10, "a") else {
             unreachable!()
         };
-        orders.committed(&s.key, &s.order);
+        orders.committed(s.key, s.order);
         assert_eq!(dedup.apply(scan(10, "a")).1, "stale", "a redelivery");
         assert_eq!(dedup.apply(scan(9, "z")).1, "stale", "an older scan");
         assert_eq!(
@@ -174,12 +179,14 @@ mod tests {
             "a tie broken by message id"
         );
         assert_eq!(dedup.apply(scan(11, "a")).1, "pass", "a newer scan");
-        // An older commit never lowers what is known.
+        // A concurrent batch's older winner may lower what is known: still a
+        // lower bound, so nothing newer than the table is ever called stale.
         let Record::Scan(old) = scan(5, "a") else {
             unreachable!()
         };
-        orders.committed(&old.key, &old.order);
-        assert_eq!(dedup.apply(scan(9, "z")).1, "stale");
+        orders.committed(old.key, old.order);
+        assert_eq!(dedup.apply(scan(9, "z")).1, "pass");
+        assert_eq!(dedup.apply(scan(5, "a")).1, "stale");
     }
 
     #[test]
@@ -189,7 +196,7 @@ mod tests {
         let Record::Scan(s) = scan(10, "a") else {
             unreachable!()
         };
-        orders.committed(&s.key, &s.order);
+        orders.committed(s.key, s.order);
         orders.publish_metrics();
         assert_eq!(dedup.apply(scan(10, "a")).1, "pass");
     }

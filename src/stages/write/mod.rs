@@ -414,12 +414,14 @@ async fn write_records<A: Acknowledge>(
     // The winners' fates, then everyone's.
     let committed_at = now_micros();
     let mut winner_fate = vec![Written::Nack; winner_scans.len()];
+    // Batch positions of committed winners: the dedup cache learns them below.
+    let mut learn = vec![false; verdicts.len()];
     let mut stored_left = changed;
     for (w, v) in winner_results.iter().enumerate() {
         winner_fate[w] = match v {
             Verdict::Committed => {
                 let s = winner_scans[w];
-                sink.inner.orders.committed(&s.key, &s.order);
+                learn[scan_pos[winners[w]]] = true;
                 observe_lag(committed_at, s);
                 // Exactly `changed` winners changed the table; which ones is
                 // not reported back, and only the counts are observable.
@@ -472,10 +474,19 @@ async fn write_records<A: Acknowledge>(
         };
     }
 
+    // Now that the batch is committed, the dedup cache learns its winners'
+    // orders, moved out of the batch rather than cloned.
+    let orders = &sink.inner.orders;
     batch
         .into_iter()
         .zip(verdicts)
-        .map(|(env, v)| Envelope::new(v, env.ack))
+        .zip(learn)
+        .map(|((env, v), learn)| {
+            if let (true, Record::Scan(s)) = (learn, env.payload) {
+                orders.committed(s.key, s.order);
+            }
+            Envelope::new(v, env.ack)
+        })
         .collect()
 }
 
