@@ -375,8 +375,7 @@ async fn write_records<A: Acknowledge>(
         }
     }
 
-    // One row per key, sorted by key. `winner_of[j]` is the index (among
-    // winners) of the row that decides scan j's fate.
+    // One row per key, sorted by key: `winners` indexes `scans`.
     let winners = merge::newest_per_key(&scans);
     let winner_scans: Vec<&Scan> = winners.iter().map(|&j| scans[j]).collect();
     let (results, changed) = sink.commit_partitioned(&winner_scans, &dead).await;
