@@ -22,7 +22,9 @@ use moka::sync::Cache;
 /// The newest order committed per key, as far as this process knows.
 #[derive(Clone)]
 pub struct CommittedOrders {
-    cache: Cache<ScanKey, Order>,
+    /// aHash rather than SipHash: hashing the key is a large part of every
+    /// lookup and insert, and aHash keeps randomised, DoS-resistant seeds.
+    cache: Cache<ScanKey, Order, ahash::RandomState>,
 }
 
 impl std::fmt::Debug for CommittedOrders {
@@ -37,7 +39,9 @@ impl CommittedOrders {
     /// A cache holding at most `capacity` keys (0 disables it).
     pub fn new(capacity: u64) -> Self {
         Self {
-            cache: Cache::builder().max_capacity(capacity).build(),
+            cache: Cache::builder()
+                .max_capacity(capacity)
+                .build_with_hasher(ahash::RandomState::new()),
         }
     }
 

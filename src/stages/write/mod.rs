@@ -411,7 +411,7 @@ async fn write_records<A: Acknowledge>(
     }
 
     // The winners' fates, then everyone's.
-    let committed_at = now_micros();
+    let lag = Lag::new(now_micros());
     let mut winner_fate = vec![Written::Nack; winner_scans.len()];
     // Batch positions of committed winners: the dedup cache learns them below.
     let mut learn = vec![false; verdicts.len()];
@@ -421,7 +421,7 @@ async fn write_records<A: Acknowledge>(
             Verdict::Committed => {
                 let s = winner_scans[w];
                 learn[scan_pos[winners[w]]] = true;
-                observe_lag(committed_at, s);
+                lag.observe(s);
                 // Exactly `changed` winners changed the table; which ones is
                 // not reported back, and only the counts are observable.
                 if stored_left > 0 {
@@ -474,27 +474,55 @@ async fn write_records<A: Acknowledge>(
     }
 
     // Now that the batch is committed, the dedup cache learns its winners'
-    // orders, moved out of the batch rather than cloned.
-    let orders = &sink.inner.orders;
-    batch
+    // orders, moved out of the batch rather than cloned, on a blocking-pool
+    // thread: a cache insert costs about a microsecond, which would otherwise
+    // delay every ack of the batch (measured in `benches/write.rs`). Learning
+    // late is harmless; the cache is a lower bound of the table either way.
+    let mut learned = Vec::new();
+    let settled = batch
         .into_iter()
         .zip(verdicts)
         .zip(learn)
         .map(|((env, v), learn)| {
             if let (true, Record::Scan(s)) = (learn, env.payload) {
-                orders.committed(s.key, s.order);
+                learned.push((s.key, s.order));
             }
             Envelope::new(v, env.ack)
         })
-        .collect()
+        .collect();
+    if !learned.is_empty() {
+        let orders = sink.inner.orders.clone();
+        tokio::task::spawn_blocking(move || {
+            for (key, order) in learned {
+                orders.committed(key, order);
+            }
+        });
+    }
+    settled
 }
 
-fn observe_lag(committed_at: i64, s: &Scan) {
-    let scan_lag = (committed_at as f64 / 1e6) - s.order.timestamp as f64;
-    let publish_lag = (committed_at - s.order.published_micros) as f64 / 1e6;
-    histogram!("miniscan_freshness_lag_seconds", "reference" => "scan").record(scan_lag.max(0.0));
-    histogram!("miniscan_freshness_lag_seconds", "reference" => "publish")
-        .record(publish_lag.max(0.0));
+/// Freshness-lag histograms, looked up once per batch rather than per row.
+struct Lag {
+    committed_at: i64,
+    scan: metrics::Histogram,
+    publish: metrics::Histogram,
+}
+
+impl Lag {
+    fn new(committed_at: i64) -> Self {
+        Self {
+            committed_at,
+            scan: histogram!("miniscan_freshness_lag_seconds", "reference" => "scan"),
+            publish: histogram!("miniscan_freshness_lag_seconds", "reference" => "publish"),
+        }
+    }
+
+    fn observe(&self, s: &Scan) {
+        let scan_lag = (self.committed_at as f64 / 1e6) - s.order.timestamp as f64;
+        let publish_lag = (self.committed_at - s.order.published_micros) as f64 / 1e6;
+        self.scan.record(scan_lag.max(0.0));
+        self.publish.record(publish_lag.max(0.0));
+    }
 }
 
 /// Formats an error with its sources: "a: b: c".
