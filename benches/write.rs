@@ -40,7 +40,6 @@ use mini_scan::stages::write::sql;
 use mini_scan::stages::write::{PgSink, WriteConfig};
 use mini_scan::stages::{Record, Scan, micros_to_time, secs_to_time};
 use mini_scan::telemetry::Health;
-use postgres_types::Type;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -80,17 +79,6 @@ const RAW_TABLE: &str = "
 
 const RAW_COPY: &str = "COPY bench_raw (ip, port, service, last_scanned, response, response_raw, \
                         published_at, message_id) FROM STDIN (FORMAT binary)";
-
-const COPY_TYPES: [Type; 8] = [
-    Type::INET,
-    Type::INT4,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::BYTEA,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Strategy {
@@ -227,28 +215,9 @@ async fn write_batch(
             let tx = client.transaction().await?;
             let stmt = tx.prepare_cached(RAW_COPY).await?;
             let sink = tx.copy_in(&stmt).await?;
-            let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+            let writer = BinaryCopyInWriter::new(sink, &sql::COPY_TYPES);
             pin_mut!(writer);
-            for s in rows {
-                let port = i32::from(s.key.port);
-                let (ls, pa) = (
-                    secs_to_time(s.order.timestamp),
-                    micros_to_time(s.order.published_micros),
-                );
-                writer
-                    .as_mut()
-                    .write(&[
-                        &s.key.ip,
-                        &port,
-                        &s.key.service,
-                        &ls,
-                        &s.response,
-                        &s.response_raw,
-                        &pa,
-                        &s.order.message_id,
-                    ])
-                    .await?;
-            }
+            sql::copy_rows(writer.as_mut(), rows).await?;
             writer.finish().await?;
             tx.commit().await
         }

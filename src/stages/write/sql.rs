@@ -25,7 +25,8 @@ pub const CREATE_STAGE_TABLE: &str = "
 const COPY: &str = "COPY scan_stage (ip, port, service, last_scanned, response, response_raw, \
                     published_at, message_id) FROM STDIN (FORMAT binary)";
 
-const COPY_TYPES: [Type; 8] = [
+/// The column types of a COPY of scans, in the order [`copy_rows`] writes them.
+pub const COPY_TYPES: [Type; 8] = [
     Type::INET,
     Type::INT4,
     Type::TEXT,
@@ -62,6 +63,34 @@ const DEAD_LETTERS: &str = "
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamptz[])
     ON CONFLICT (message_id) DO NOTHING";
 
+/// Writes `scans` as binary COPY rows with the columns (ip, port, service,
+/// last_scanned, response, response_raw, published_at, message_id) typed as
+/// [`COPY_TYPES`].
+pub async fn copy_rows(
+    mut writer: std::pin::Pin<&mut BinaryCopyInWriter>,
+    scans: &[&Scan],
+) -> Result<(), tokio_postgres::Error> {
+    for s in scans {
+        let port = i32::from(s.key.port);
+        let last_scanned = secs_to_time(s.order.timestamp);
+        let published_at = micros_to_time(s.order.published_micros);
+        writer
+            .as_mut()
+            .write(&[
+                &s.key.ip,
+                &port,
+                &s.key.service,
+                &last_scanned,
+                &s.response,
+                &s.response_raw,
+                &published_at,
+                &s.order.message_id,
+            ])
+            .await?;
+    }
+    Ok(())
+}
+
 /// Writes `scans` (one per key, sorted by key) and `dead` in one transaction.
 /// Returns how many rows of `scan_results` changed.
 pub async fn commit(
@@ -76,24 +105,7 @@ pub async fn commit(
         let sink = tx.copy_in(&copy).await?;
         let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
         pin_mut!(writer);
-        for s in scans {
-            let port = i32::from(s.key.port);
-            let last_scanned = secs_to_time(s.order.timestamp);
-            let published_at = micros_to_time(s.order.published_micros);
-            writer
-                .as_mut()
-                .write(&[
-                    &s.key.ip,
-                    &port,
-                    &s.key.service,
-                    &last_scanned,
-                    &s.response,
-                    &s.response_raw,
-                    &published_at,
-                    &s.order.message_id,
-                ])
-                .await?;
-        }
+        copy_rows(writer.as_mut(), scans).await?;
         writer.finish().await?;
         let upsert = tx.prepare_cached(UPSERT).await?;
         changed = tx.execute(&upsert, &[]).await?;
