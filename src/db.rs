@@ -17,7 +17,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bad `DATABASE_URL` (its value is never printed: it may hold a password).
 #[derive(Debug, thiserror::Error)]
-#[error("DATABASE_URL is not a valid PostgreSQL connection string: {0}")]
+#[error("DATABASE_URL is not a valid PostgreSQL connection string")]
 pub struct BadUrl(#[source] tokio_postgres::Error);
 
 /// Parses `DATABASE_URL`, filling in a connect timeout and application name.

@@ -40,7 +40,7 @@ pub struct SourceConfig {
     pub max_outstanding_messages: i64,
     /// Unacked bytes per stream before the server pauses.
     pub max_outstanding_bytes: i64,
-    /// First and longest delay before reopening a failed stream.
+    /// First delay before reopening a failed stream.
     pub reopen_initial: Duration,
     /// Longest delay before reopening a failed stream.
     pub reopen_max: Duration,
