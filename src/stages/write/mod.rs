@@ -431,15 +431,21 @@ async fn write_records<A: Acknowledge>(
                     Written::Superseded
                 }
             }
-            Verdict::Rejected(_) => Written::Nack,
-            Verdict::GaveUp | Verdict::Pending => Written::Nack,
+            Verdict::Rejected(_) | Verdict::GaveUp | Verdict::Pending => Written::Nack,
         };
     }
+    // Dead letters by reason, counted here and written to the registry once
+    // per reason per batch, not once per message.
+    let mut dead_by_reason: Vec<(&'static str, u64)> = Vec::new();
+    let mut count_dead =
+        |reason: &'static str| match dead_by_reason.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => dead_by_reason.push((reason, 1)),
+        };
     for (k, &w) in rejected_of.iter().enumerate() {
         if rejected_ok[k] {
             winner_fate[w] = Written::DeadLetter;
-            counter!("miniscan_dead_letters_total", "reason" => "rejected_by_database")
-                .increment(1);
+            count_dead("rejected_by_database");
         }
     }
     if changed > 0 {
@@ -461,7 +467,7 @@ async fn write_records<A: Acknowledge>(
         let d = dead[k];
         verdicts[dead_pos[k]] = match v {
             Verdict::Committed => {
-                counter!("miniscan_dead_letters_total", "reason" => d.reason).increment(1);
+                count_dead(d.reason);
                 Written::DeadLetter
             }
             Verdict::Rejected(detail) => {
@@ -471,6 +477,10 @@ async fn write_records<A: Acknowledge>(
             }
             _ => Written::Nack,
         };
+    }
+
+    for (reason, n) in dead_by_reason {
+        counter!("miniscan_dead_letters_total", "reason" => reason).increment(n);
     }
 
     // Now that the batch is committed, the dedup cache learns its winners'
