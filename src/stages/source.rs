@@ -140,7 +140,7 @@ impl PubsubSource {
                             src.health.set_subscription(false);
                             metrics::counter!("miniscan_errors_total", "stage" => "source", "kind" => "stream").increment(1);
                             let delay = backoff.next_delay();
-                            tracing::warn!(error = %crate::stages::write::Chain(&e),
+                            tracing::warn!(error = %crate::error::Chain(&e),
                             subscription = %src.config.subscription,
                             retry_in_ms = delay.as_millis() as u64, "streaming pull failed; reopening");
                             current = None;

@@ -35,6 +35,7 @@ pub mod sql;
 
 use super::dedup::CommittedOrders;
 use super::{DeadLetter, Record, Scan, now_micros};
+use crate::error::Chain;
 use crate::pipeline::{Acknowledge, Backoff, Envelope, Settle, Settlement, Shutdown, Sink};
 use crate::telemetry::Health;
 use metrics::{counter, histogram};
@@ -532,21 +533,6 @@ impl Lag {
         let publish_lag = (self.committed_at - s.order.published_micros) as f64 / 1e6;
         self.scan.record(scan_lag.max(0.0));
         self.publish.record(publish_lag.max(0.0));
-    }
-}
-
-/// Formats an error with its sources: "a: b: c".
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = self.0.source();
-        while let Some(e) = src {
-            write!(f, ": {e}")?;
-            src = e.source();
-        }
-        Ok(())
     }
 }
 
