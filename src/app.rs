@@ -22,7 +22,10 @@ const ACK_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// `mini-scan migrate`.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let cfg = db::config(&args.db.database_url)?;
-    let applied = db::migrate(&cfg).await.context("cannot apply the schema")?;
+    let grant = args.grant_ingest_to.as_deref();
+    let applied = db::migrate_with(&cfg, &db::migrations(), grant)
+        .await
+        .context("cannot apply the schema")?;
     tracing::info!(?applied, "schema up to date");
     Ok(())
 }

@@ -66,6 +66,11 @@ pub struct MigrateArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub db: DatabaseArgs,
+    /// After migrating, grant this existing role exactly what `ingest` needs
+    /// (connect, a temporary table, SELECT/INSERT/UPDATE on scan_results,
+    /// INSERT on dead_letters); idempotent.
+    #[arg(long, env = "MINISCAN_GRANT_INGEST_TO", value_name = "ROLE")]
+    pub grant_ingest_to: Option<String>,
 }
 
 /// `mini-scan ingest`.

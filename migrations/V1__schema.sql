@@ -1,5 +1,8 @@
--- mini-scan schema. Every statement is idempotent: `mini-scan migrate` may run
--- any number of times, from any number of replicas, on PostgreSQL 15 to 18.
+-- mini-scan schema, version 1. `mini-scan migrate` applies each migration
+-- once and records it with a checksum in refinery_schema_history: never edit
+-- this file once released, add migrations/V<n>__<name>.sql instead. Its
+-- statements are idempotent because databases made by versions that re-ran it
+-- on every `migrate` (table schema_migrations) run it once more on upgrade.
 
 -- The newest observation of every (ip, port, service).
 --
