@@ -3,14 +3,16 @@
 //! The write stage (src/stages/write/sql.rs) creates a temporary staging
 //! table, COPYs into it, upserts into `scan_results` with `ON CONFLICT DO
 //! UPDATE ... WHERE` (which reads the existing row: SELECT, INSERT, UPDATE),
-//! and inserts into `dead_letters` with `ON CONFLICT DO NOTHING` (INSERT
-//! alone). So the role gets exactly:
+//! and inserts into `dead_letters` with `ON CONFLICT (message_id) DO
+//! NOTHING`, which needs INSERT and, for the conflict target, SELECT on
+//! `message_id` (PostgreSQL checks it: without it the insert is refused),
+//! but not on the payloads. So the role gets exactly:
 //!
 //! ```sql
 //! GRANT CONNECT, TEMPORARY ON DATABASE "<database>" TO "<role>";
 //! GRANT USAGE ON SCHEMA "<schema>" TO "<role>";
 //! GRANT SELECT, INSERT, UPDATE ON TABLE "<schema>"."scan_results" TO "<role>";
-//! GRANT INSERT ON TABLE "<schema>"."dead_letters" TO "<role>";
+//! GRANT INSERT, SELECT (message_id) ON TABLE "<schema>"."dead_letters" TO "<role>";
 //! ```
 //!
 //! and nothing else: no DELETE, TRUNCATE, DDL, or other tables. GRANT is
@@ -51,7 +53,7 @@ pub fn statements(database: &str, schema: &str, role: &str) -> Vec<String> {
         format!("GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {role}"),
         format!("GRANT USAGE ON SCHEMA {sch} TO {role}"),
         format!("GRANT SELECT, INSERT, UPDATE ON TABLE {sch}.\"scan_results\" TO {role}"),
-        format!("GRANT INSERT ON TABLE {sch}.\"dead_letters\" TO {role}"),
+        format!("GRANT INSERT, SELECT (message_id) ON TABLE {sch}.\"dead_letters\" TO {role}"),
     ]
 }
 
@@ -128,7 +130,7 @@ mod tests {
                 "GRANT CONNECT, TEMPORARY ON DATABASE \"scans\" TO \"in\"\"gest\"",
                 "GRANT USAGE ON SCHEMA \"public\" TO \"in\"\"gest\"",
                 "GRANT SELECT, INSERT, UPDATE ON TABLE \"public\".\"scan_results\" TO \"in\"\"gest\"",
-                "GRANT INSERT ON TABLE \"public\".\"dead_letters\" TO \"in\"\"gest\"",
+                "GRANT INSERT, SELECT (message_id) ON TABLE \"public\".\"dead_letters\" TO \"in\"\"gest\"",
             ]
         );
     }
