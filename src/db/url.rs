@@ -9,6 +9,9 @@
 //! What the TLS parameters mean is decided in [`super::tls`].
 //!
 //! Errors here never quote the connection string: it may hold a password.
+//!
+//! (Over 400 lines because of its tests: the property tests against
+//! tokio-postgres's own parser are half of the file.)
 
 use std::borrow::Cow;
 
@@ -150,8 +153,8 @@ fn split_url(conn: &str, prefix_len: usize, ssl: &mut SslParams) -> Result<Strin
             Some(amp) => (&rest[..eq + amp], &rest[eq + amp + 1..]),
             None => (rest, ""),
         };
-        let key = decode(&segment[..eq])?;
-        let value = decode(&segment[eq + 1..])?;
+        let key = percent_decode(&segment[..eq])?;
+        let value = percent_decode(&segment[eq + 1..])?;
         if !take(ssl, &key, &value)? {
             kept.push(segment);
         }
@@ -163,10 +166,6 @@ fn split_url(conn: &str, prefix_len: usize, ssl: &mut SslParams) -> Result<Strin
         out.push_str(&kept.join("&"));
     }
     Ok(out)
-}
-
-fn decode(s: &str) -> Result<Cow<'_, str>, UrlError> {
-    percent_decode(s)
 }
 
 /// Percent-decoding as in URLs (`%41` → `A`; a `%` not followed by two hex
