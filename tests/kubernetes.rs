@@ -134,6 +134,10 @@ fn name_of(object: &Value) -> &str {
     object["metadata"]["name"].as_str().unwrap_or("?")
 }
 
+fn name_of_container(container: &Value) -> &str {
+    container["name"].as_str().unwrap_or("?")
+}
+
 fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
     objects.iter().filter(|o| kind_of(o) == kind).collect()
 }
@@ -412,7 +416,7 @@ fn check_flags_and_env(objects: &[Value]) -> Vec<String> {
             "{} {}/{}",
             kind_of(owner),
             name_of(owner),
-            container["name"]
+            name_of_container(container)
         );
         if container.get("command").is_some() {
             problems.push(format!(
@@ -690,7 +694,7 @@ fn check_lockdown(objects: &[Value]) -> Vec<String> {
                 || csc["readOnlyRootFilesystem"] != true
                 || !drops_all
             {
-                problems.push(format!("{at} {}: needs allowPrivilegeEscalation false, readOnlyRootFilesystem true, capabilities drop ALL; has {csc}", c["name"]));
+                problems.push(format!("{at} {}: needs allowPrivilegeEscalation false, readOnlyRootFilesystem true, capabilities drop ALL; has {csc}", name_of_container(c)));
             }
             for (kind, resource) in [
                 ("requests", "cpu"),
@@ -699,7 +703,10 @@ fn check_lockdown(objects: &[Value]) -> Vec<String> {
                 ("limits", "memory"),
             ] {
                 if c["resources"][kind][resource].is_null() {
-                    problems.push(format!("{at} {}: no {resource} {kind}", c["name"]));
+                    problems.push(format!(
+                        "{at} {}: no {resource} {kind}",
+                        name_of_container(c)
+                    ));
                 }
             }
         }
