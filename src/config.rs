@@ -13,6 +13,12 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on stderr: text (coloured only on a terminal, never with
+    /// NO_COLOR) or json (one object per line with severity, message,
+    /// timestamp and fields, for a log collector).
+    #[arg(long, global = true, env = "MINISCAN_LOG_FORMAT", value_enum,
+          default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// The subcommands.

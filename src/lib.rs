@@ -9,6 +9,7 @@
 //!   batch, write, ack.
 //! * [`config`]: the command line; every setting is a flag with an env var.
 //! * [`db`]: the connection pool and migrations.
+//! * [`logging`]: log lines as text or JSON (`--log-format`).
 //! * [`error`]: formatting error chains on one line.
 //! * [`pubsub`]: building Pub/Sub clients (emulator aware) and resource names.
 //! * [`telemetry`]: logs, the metrics registry, and the `/metrics`, `/healthz`
@@ -22,6 +23,7 @@ pub mod app;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod logging;
 pub mod pipeline;
 pub mod pubsub;
 pub mod scan;

@@ -11,14 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Logs go to stderr; `RUST_LOG` filters them (default `info`).
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Logs go to stderr in `format` (see [`crate::logging`]); `RUST_LOG`
+/// filters them (default `info`).
+pub fn init_logging(format: crate::logging::LogFormat) {
+    crate::logging::init(format);
 }
 
 /// Whether the ingester's dependencies are up, for `/readyz` and

@@ -24,18 +24,16 @@
 mod stack;
 
 use serde_json::Value;
-use stack::{PROMETHEUS_HINT, dashboard_queries, json, panels, read, repo, substitute, yaml};
+use stack::{
+    PROMETHEUS_HINT, copy_args, dashboard_queries, dockerfile, help_mentions_env,
+    help_mentions_flag, is_our_env, json, panels, read, repo, substitute, yaml,
+};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
 /// The image every service built from our Dockerfile uses.
 const OUR_IMAGE: &str = "mini-scan:local";
-
-/// Env var prefixes and names that belong to mini-scan's own configuration,
-/// and so must be declared by its clap config.
-const OUR_ENV_PREFIXES: &[&str] = &["MINISCAN_", "PUBSUB_"];
-const OUR_ENV_NAMES: &[&str] = &["DATABASE_URL"];
 
 fn compose() -> Value {
     yaml("docker-compose.yml")
@@ -89,19 +87,8 @@ fn environment(service: &Value) -> Vec<(String, String)> {
     }
 }
 
-/// The binary under test; `option_env!` so this file compiles (and its other
-/// checks run) before the crate has a binary target.
-fn binary() -> &'static str {
-    option_env!("CARGO_BIN_EXE_mini-scan")
-        .unwrap_or_else(|| panic!("the crate has no `mini-scan` binary target (src/main.rs) yet"))
-}
-
 fn uses_our_image(service: &Value) -> bool {
     service.get("build").is_some() || service["image"].as_str() == Some(OUR_IMAGE)
-}
-
-fn is_our_env(name: &str) -> bool {
-    OUR_ENV_NAMES.contains(&name) || OUR_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 #[test]
@@ -141,22 +128,13 @@ fn compose_services_pass_only_flags_and_env_vars_mini_scan_knows() {
             problems.push(format!("{name}: no command (a mini-scan subcommand)"));
             continue;
         };
-        let output = Command::new(binary())
-            .args([subcommand.as_str(), "--help"])
-            // Clean, so the help shows no values from this machine's env
-            // (`[env: DATABASE_URL=...]` would print a password).
-            .env_clear()
-            .output()
-            .expect("running mini-scan --help");
-        let help = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            problems.push(format!(
-                "{name}: `mini-scan {subcommand} --help` failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-            continue;
-        }
+        let help = match stack::help(subcommand) {
+            Ok(help) => help,
+            Err(why) => {
+                problems.push(format!("{name}: {why}"));
+                continue;
+            }
+        };
         for arg in &args[1..] {
             if !arg.starts_with("--") {
                 continue;
@@ -181,20 +159,6 @@ fn compose_services_pass_only_flags_and_env_vars_mini_scan_knows() {
         "expected pubsub-init, migrate, scanner and ingester to use {OUR_IMAGE}"
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-}
-
-/// Whether `--flag` appears in `help` as a whole flag (not as a prefix of a
-/// longer one).
-fn help_mentions_flag(help: &str, flag: &str) -> bool {
-    help.match_indices(flag).any(|(at, _)| {
-        let next = help[at + flag.len()..].chars().next();
-        !matches!(next, Some(c) if c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    })
-}
-
-/// Whether clap's `[env: NAME=...]` (or `[env: NAME]`) appears for `var`.
-fn help_mentions_env(help: &str, var: &str) -> bool {
-    help.contains(&format!("[env: {var}=")) || help.contains(&format!("[env: {var}]"))
 }
 
 /// The names of the `${NAME...}` interpolations in a compose file.
@@ -353,35 +317,6 @@ fn compose_grafana_finds_its_provisioning_dashboard_and_datasource() {
         default, uid,
         "the dashboard's datasource variable should default to the provisioned uid"
     );
-}
-
-/// The Dockerfile's instructions as (OPCODE, arguments), with comments dropped
-/// and continuation lines joined.
-fn dockerfile() -> Vec<(String, String)> {
-    read("Dockerfile")
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .replace("\\\n", " ")
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let (op, rest) = l.split_once(char::is_whitespace)?;
-            Some((op.to_ascii_uppercase(), rest.trim().to_owned()))
-        })
-        .collect()
-}
-
-/// A COPY's (sources, destination), without its `--flags`.
-fn copy_args(args: &str) -> (Vec<String>, String) {
-    let mut args: Vec<String> = args
-        .split_whitespace()
-        .filter(|a| !a.starts_with("--"))
-        .map(str::to_owned)
-        .collect();
-    let dest = args.pop().unwrap_or_default();
-    (args, dest)
 }
 
 #[test]

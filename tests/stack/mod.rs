@@ -1,6 +1,7 @@
 //! Reading the "run and watch it" stack's files (`docker-compose.yml`,
-//! `prometheus/prometheus.yml`, the Grafana dashboard), shared by
-//! `tests/compose.rs` and `tests/observability.rs`.
+//! `prometheus/prometheus.yml`, the Grafana dashboard, the `Dockerfile`) and
+//! asking the real binary's `--help` what it accepts; shared by
+//! `tests/compose.rs`, `tests/observability.rs` and `tests/kubernetes.rs`.
 #![allow(dead_code)] // Each test binary uses a different part.
 
 use serde_json::Value;
@@ -76,4 +77,84 @@ pub fn substitute(expr: &str, rate_interval: &str) -> String {
     expr.replace("$__rate_interval", rate_interval)
         .replace("${instance}", ".*")
         .replace("$instance", ".*")
+}
+
+/// Env var prefixes and names that belong to mini-scan's own configuration,
+/// and so must be declared by its clap config.
+pub const OUR_ENV_PREFIXES: &[&str] = &["MINISCAN_", "PUBSUB_"];
+/// Env vars outside those prefixes that are mini-scan's own.
+pub const OUR_ENV_NAMES: &[&str] = &["DATABASE_URL"];
+
+/// The binary under test; `option_env!` so this file compiles (and its other
+/// checks run) before the crate has a binary target.
+pub fn binary() -> &'static str {
+    option_env!("CARGO_BIN_EXE_mini-scan")
+        .unwrap_or_else(|| panic!("the crate has no `mini-scan` binary target (src/main.rs) yet"))
+}
+
+/// Whether an env var belongs to mini-scan (and so must be in its `--help`).
+pub fn is_our_env(name: &str) -> bool {
+    OUR_ENV_NAMES.contains(&name) || OUR_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Whether `--flag` appears in `help` as a whole flag (not as a prefix of a
+/// longer one).
+pub fn help_mentions_flag(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(at, _)| {
+        let next = help[at + flag.len()..].chars().next();
+        !matches!(next, Some(c) if c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
+/// Whether clap's `[env: NAME=...]` (or `[env: NAME]`) appears for `var`.
+pub fn help_mentions_env(help: &str, var: &str) -> bool {
+    help.contains(&format!("[env: {var}=")) || help.contains(&format!("[env: {var}]"))
+}
+
+/// The Dockerfile's instructions as (OPCODE, arguments), with comments dropped
+/// and continuation lines joined.
+pub fn dockerfile() -> Vec<(String, String)> {
+    read("Dockerfile")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("\\\n", " ")
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (op, rest) = l.split_once(char::is_whitespace)?;
+            Some((op.to_ascii_uppercase(), rest.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// A COPY's (sources, destination), without its `--flags`.
+pub fn copy_args(args: &str) -> (Vec<String>, String) {
+    let mut args: Vec<String> = args
+        .split_whitespace()
+        .filter(|a| !a.starts_with("--"))
+        .map(str::to_owned)
+        .collect();
+    let dest = args.pop().unwrap_or_default();
+    (args, dest)
+}
+
+/// `mini-scan <subcommand> --help`, run with a clean environment so the help
+/// shows no values from this machine's env (`[env: DATABASE_URL=...]` would
+/// print a password); the error says why it failed.
+pub fn help(subcommand: &str) -> Result<String, String> {
+    let output = std::process::Command::new(binary())
+        .args([subcommand, "--help"])
+        .env_clear()
+        .output()
+        .map_err(|e| format!("running mini-scan {subcommand} --help: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "`mini-scan {subcommand} --help` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
