@@ -4,12 +4,14 @@
 //! # Layout
 //!
 //! - `mod.rs` (this file): [`TestContext`], which gives one test its own freshly migrated database
-//!   and its own topic and subscription; [`wait_until`]; process plumbing shared by the modules
-//!   below (children that die with the test binary, clean-up at exit).
+//!   and its own topic and subscription; [`wait_until`]; the binary under test as a command.
+//! - [`provision`] (`tests/provision/`, shared with `benches/support`): starting throwaway
+//!   PostgreSQL clusters and emulators, free ports, children that die with the test binary, log
+//!   tails.
 //! - [`postgres`]: the PostgreSQL server shared by a test binary (a throwaway cluster, or the server
 //!   named by `DATABASE_URL`), a dedicated cluster that a test may stop and start, per-test
 //!   databases and row queries.
-//! - [`pubsub`]: the emulator shared by a test binary (started here, or the one named by
+//! - [`pubsub`]: the emulator shared by a test binary (started by [`provision`], or the one named by
 //!   `PUBSUB_EMULATOR_HOST`) and a small REST client for topics, subscriptions, publish and pull,
 //!   and for counting what is unacknowledged (snapshot and seek, which take nothing from the
 //!   ingesters).
@@ -25,24 +27,20 @@
 
 pub mod ingester;
 pub mod postgres;
+#[path = "../provision/mod.rs"]
+pub mod provision;
 pub mod pubsub;
 pub mod scans;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rand::Rng as _;
 use tempfile::TempDir;
 
 pub use ingester::Ingester;
 pub use postgres::{DedicatedPostgres, TestDb};
+pub use provision::{die_with_parent, free_port, random_name, tail};
 pub use pubsub::PubSub;
 pub use scans::{Key, Scan};
 
@@ -261,163 +259,5 @@ pub async fn wait_until<C: Condition>(
             panic!("timed out after {timeout:?} waiting for {what}; last state: {last}");
         }
         tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
-
-/// Like [`wait_until`], for a blocking check run on the calling thread (used while starting
-/// servers, outside any async runtime).
-fn wait_blocking(
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<bool, String>,
-) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(true) => return Ok(()),
-            Ok(false) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
-            Ok(false) => return Err(format!("not ready within {timeout:?}")),
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// A name no other test (or earlier run) uses: `prefix` and 16 random hex digits. Pub/Sub and
-/// PostgreSQL both accept it unquoted.
-pub fn random_name(prefix: &str) -> String {
-    let n: u64 = rand::rng().random();
-    format!("{prefix}_{n:016x}")
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0 to find a free port")
-        .port()
-}
-
-/// The last `lines` lines of a log file, for failure messages.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) => return format!("(cannot read {}: {e})", path.display()),
-    };
-    let all: Vec<&str> = text.lines().collect();
-    let mut out = String::new();
-    for line in &all[all.len().saturating_sub(lines)..] {
-        let _ = writeln!(out, "    {line}");
-    }
-    out
-}
-
-/// A user to run a child as: PostgreSQL refuses to run as root.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RunAs {
-    pub uid: libc::uid_t,
-    pub gid: libc::gid_t,
-}
-
-/// Makes the child get SIGKILL when the thread that spawned it dies, so no server outlives the test
-/// binary even when it is killed. Changing credentials clears the death signal, so it is set after
-/// `setuid`.
-pub(crate) fn die_with_parent(cmd: &mut Command, run_as: Option<RunAs>) {
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
-    // (setgroups, setgid, setuid, prctl, getppid, _exit).
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(user) = run_as
-                && (libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(user.gid) != 0
-                    || libc::setuid(user.uid) != 0)
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died before the prctl: then nobody would send the signal.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-}
-
-type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
-
-/// Spawns a server that must live as long as the test binary. The death signal fires when the
-/// *thread* that forked the child exits, and every test runs on a thread that exits when the test
-/// ends, so long-lived children are forked by one thread that never exits.
-pub(crate) fn spawn_long_lived(cmd: Command) -> io::Result<Child> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("server-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("start the server-spawner thread");
-        Mutex::new(tx)
-    });
-    let (reply_tx, reply_rx) = mpsc::channel();
-    spawner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((cmd, reply_tx))
-        .expect("the server-spawner thread is gone");
-    reply_rx.recv().expect("the server-spawner thread is gone")
-}
-
-/// A server started for the whole test binary: at exit it is stopped with `signal` and its
-/// directory removed (statics are never dropped, so `Drop` cannot do it).
-struct ExitCleanup {
-    pid: libc::pid_t,
-    signal: libc::c_int,
-    dir: PathBuf,
-}
-
-static AT_EXIT: Mutex<Vec<ExitCleanup>> = Mutex::new(Vec::new());
-
-/// Registers a server to stop, and a directory to remove, when the test binary exits.
-pub(crate) fn clean_up_at_exit(pid: u32, signal: libc::c_int, dir: PathBuf) {
-    static REGISTERED: OnceLock<()> = OnceLock::new();
-    REGISTERED.get_or_init(|| {
-        // SAFETY: registering a plain `extern "C" fn` with no captured state.
-        let rc = unsafe { libc::atexit(run_exit_cleanups) };
-        assert_eq!(rc, 0, "atexit failed");
-    });
-    AT_EXIT
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(ExitCleanup {
-            pid: pid as libc::pid_t,
-            signal,
-            dir,
-        });
-}
-
-extern "C" fn run_exit_cleanups() {
-    let cleanups = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
-    for c in &cleanups {
-        // SAFETY: plain syscalls on a pid this process spawned and has not reaped.
-        unsafe { libc::kill(c.pid, c.signal) };
-    }
-    for c in &cleanups {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut status = 0;
-            // SAFETY: as above.
-            let rc = unsafe { libc::waitpid(c.pid, &mut status, libc::WNOHANG) };
-            if rc != 0 || Instant::now() >= deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = std::fs::remove_dir_all(&c.dir);
     }
 }

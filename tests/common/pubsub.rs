@@ -1,7 +1,9 @@
 //! The Pub/Sub emulator for the tests, and a small client for its REST API.
 //!
 //! The emulator a test binary shares is the one named by `PUBSUB_EMULATOR_HOST` in the test run's
-//! environment, if set; otherwise Google's emulator, started once per test binary on a free port.
+//! environment, if set; otherwise Google's emulator (or the launcher named by
+//! `MINISCAN_TEST_PUBSUB_EMULATOR`), started once per test binary on a free port by
+//! [`super::provision`] and stopped when the binary exits.
 //! One per binary is right: the emulator slows down when many topics and subscriptions pile up in
 //! it, and a JVM takes seconds to start.
 //!
@@ -10,29 +12,15 @@
 //! a decimal counter shared by all topics; and the streaming pulls of a process that was killed go
 //! on taking messages (see [`PubSub::replace_subscription`]).
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use super::{PROJECT, die_with_parent, free_port, tail};
-
-const HOW_TO_GET_THE_EMULATOR: &str = "install the emulator and Java 17 \
-     (`apt-get install google-cloud-cli-pubsub-emulator openjdk-17-jre-headless`), \
-     or set MINISCAN_TEST_PUBSUB_EMULATOR to its `cloud-pubsub-emulator` script, \
-     or set PUBSUB_EMULATOR_HOST (host:port) to a running emulator";
-
-const DEFAULT_EMULATOR: &str =
-    "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator";
-
-/// A JVM starts in a few seconds; the margin is for a machine busy compiling.
-const START_TIMEOUT: Duration = Duration::from_secs(90);
+use super::PROJECT;
+use super::provision::{self, Emulator, Purpose};
 
 /// Messages per publish request: well under the API's 1000-message and 10 MB limits for the
 /// payload sizes the tests use.
@@ -40,97 +28,20 @@ const PUBLISH_BATCH: usize = 1000;
 
 /// `host:port` of the emulator shared by this test binary.
 fn shared_host() -> &'static str {
-    static SHARED: OnceLock<Result<String, String>> = OnceLock::new();
+    static SHARED: OnceLock<Result<String, provision::Error>> = OnceLock::new();
     let shared = SHARED.get_or_init(|| {
         if let Ok(host) = std::env::var("PUBSUB_EMULATOR_HOST") {
             return Ok(host);
         }
-        start_emulator()
+        let emulator = Emulator::start(Purpose::Tests)?;
+        let host = emulator.host.clone();
+        provision::keep_until_exit(emulator);
+        Ok(host)
     });
     match shared {
         Ok(host) => host,
-        Err(e) => {
-            panic!("the Pub/Sub emulator is not available: {e}\nTo fix: {HOW_TO_GET_THE_EMULATOR}")
-        }
+        Err(e) => panic!("{e}"),
     }
-}
-
-fn start_emulator() -> Result<String, String> {
-    let script = std::env::var_os("MINISCAN_TEST_PUBSUB_EMULATOR")
-        .map_or_else(|| PathBuf::from(DEFAULT_EMULATOR), PathBuf::from);
-    if !script.exists() {
-        return Err(format!("{} does not exist", script.display()));
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("miniscan-pubsub-")
-        .tempdir()
-        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-    let log = dir.path().join("emulator.log");
-    let log_file = || {
-        std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(|e| format!("cannot open {}: {e}", log.display()))
-    };
-    let port = free_port();
-    let host = format!("127.0.0.1:{port}");
-    let mut cmd = Command::new(&script);
-    cmd.arg("--host=127.0.0.1")
-        .arg(format!("--port={port}"))
-        .stdin(Stdio::null())
-        .stdout(log_file()?)
-        .stderr(log_file()?);
-    // The script ends in `exec java`: the death signal survives the exec.
-    die_with_parent(&mut cmd, None);
-    let mut child = super::spawn_long_lived(cmd)
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    // From here on a failure keeps the directory, so the log named in the message stays.
-    let dir = dir.keep();
-
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "the emulator exited with {status} during start-up; its log ({}) ends with:\n{}",
-                log.display(),
-                tail(&log, 30)
-            ));
-        }
-        if http_get_ok(&host) {
-            // The child is never waited for, so its pid stays ours until the exit clean-up
-            // kills it.
-            super::clean_up_at_exit(child.id(), libc::SIGKILL, dir);
-            return Ok(host);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "the emulator did not answer on {host} within {START_TIMEOUT:?}; its log ({}) ends with:\n{}",
-                log.display(),
-                tail(&log, 30)
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A blocking `GET /` that succeeds when the emulator answers 200 (it says "Ok").
-fn http_get_ok(host: &str) -> bool {
-    let attempt = || -> std::io::Result<bool> {
-        let addr = host.parse().map_err(std::io::Error::other)?;
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        write!(
-            stream,
-            "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut buf = [0u8; 64];
-        let n = stream.read(&mut buf)?;
-        Ok(buf[..n].starts_with(b"HTTP/1.1 200"))
-    };
-    attempt().unwrap_or(false)
 }
 
 /// One message taken from a subscription by [`PubSub::pull`].
