@@ -767,3 +767,83 @@ async fn a_row_the_database_rejects_is_isolated_and_the_rest_of_its_batch_commit
         "the dead letter keeps the exact payload"
     );
 }
+
+/// A rejected row in a batch large enough to be split into key partitions (more than 1000
+/// distinct keys in one batch, two partitions): the poison message still becomes the one
+/// `rejected_by_database` dead letter, every other message is stored, each counted once per
+/// message under its own outcome, and the subscription drains.
+#[tokio::test]
+async fn a_rejected_row_in_a_partitioned_batch_is_isolated_and_every_other_message_is_stored() {
+    use common::ingester::metric_sum;
+    use rand::Rng as _;
+    const KEYS: u16 = 1100;
+    let ctx = TestContext::new().await;
+    let mut rng = seeded_rng("partitioned poison");
+    let huge_service: String = (0..10_000)
+        .map(|_| rng.random_range(b'a'..=b'z') as char)
+        .collect();
+    let poison = Scan::new("203.0.113.7", 80, &huge_service, T0, "boom").v2();
+    let mut payloads: Vec<Vec<u8>> = (0..KEYS)
+        .map(|i| Scan::new("203.0.113.9", 1000 + i, "HTTP", T0, format!("ok {i}")).v1())
+        .collect();
+    payloads.insert(517, poison.clone());
+    let total = payloads.len();
+    ctx.publish(&payloads).await;
+    // One batch of everything: it leaves once full, long before the wait is over.
+    let ingester = ctx
+        .start_ingester(&[
+            ("MINISCAN_WRITE_PARTITIONS", "2"),
+            ("MINISCAN_BATCH_MAX_ROWS", &total.to_string()),
+            ("MINISCAN_BATCH_MAX_WAIT_MS", "10000"),
+        ])
+        .await;
+    wait_for_acks(&ingester, total as u64).await;
+
+    let text = ingester.metrics().await;
+    let write = |outcome| {
+        metric_sum(
+            &text,
+            "miniscan_messages_total",
+            &[("stage", "write"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(
+        write("stored"),
+        f64::from(KEYS),
+        "on an empty table, every distinct key's message changes it once"
+    );
+    assert_eq!(write("dead_letter"), 1.0);
+    assert_eq!(write("nack"), 0.0);
+    assert_eq!(
+        metric_sum(
+            &text,
+            "miniscan_dead_letters_total",
+            &[("reason", "rejected_by_database")]
+        ),
+        1.0
+    );
+    // The partitioned path was taken: a batch of more than 1000 messages, all distinct keys.
+    assert!(
+        text.contains("miniscan_batch_rows_bucket{le=\"1000\"}"),
+        "{text}"
+    );
+    let batches = metric_sum(&text, "miniscan_batch_rows_count", &[]);
+    let up_to_1000 = metric_sum(&text, "miniscan_batch_rows_bucket", &[("le", "1000")]);
+    assert!(
+        batches > up_to_1000,
+        "no batch over 1000 rows ({batches} batches)"
+    );
+
+    ingester.stop().await;
+    assert_eq!(
+        ctx.remaining_messages().await,
+        0,
+        "messages left unacknowledged"
+    );
+    assert_eq!(ctx.db.count_rows().await, i64::from(KEYS));
+    let dead = ctx.db.dead_letters().await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0].reason, "rejected_by_database");
+    assert!(dead[0].detail.starts_with("54000"), "{}", dead[0].detail);
+    assert_eq!(dead[0].payload, poison);
+}

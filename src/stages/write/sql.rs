@@ -1,5 +1,6 @@
 //! The SQL of the write stage: binary COPY into a per-session temporary table,
-//! then one newest-wins upsert; dead letters in the same transaction.
+//! then one newest-wins upsert that returns the rows it changed; dead letters
+//! in the same transaction.
 
 use crate::stages::{DeadLetter, Scan, micros_to_time, secs_to_time};
 use futures::pin_mut;
@@ -42,6 +43,10 @@ pub const COPY_TYPES: [Type; 8] = [
 /// id bytewise, by its "C" collation). The staged rows are already one per key
 /// and sorted by key, and a sequential scan of the fresh temporary table
 /// returns them in that order, so every writer locks keys in the same order.
+///
+/// `RETURNING message_id` names the staged rows that changed the table (a row
+/// the `WHERE` keeps out returns nothing); message ids are unique among the
+/// staged rows, so this attributes each change to one message.
 const UPSERT: &str = "
     INSERT INTO scan_results AS t
         (ip, port, service, last_scanned, response, response_raw, published_at, message_id, updated_at)
@@ -55,7 +60,8 @@ const UPSERT: &str = "
         message_id   = EXCLUDED.message_id,
         updated_at   = EXCLUDED.updated_at
     WHERE (EXCLUDED.last_scanned, EXCLUDED.published_at, EXCLUDED.message_id)
-        > (t.last_scanned, t.published_at, t.message_id)";
+        > (t.last_scanned, t.published_at, t.message_id)
+    RETURNING message_id";
 
 /// A redelivered dead letter is already recorded: keep the first.
 const DEAD_LETTERS: &str = "
@@ -92,14 +98,14 @@ pub async fn copy_rows(
 }
 
 /// Writes `scans` (one per key, sorted by key) and `dead` in one transaction.
-/// Returns how many rows of `scan_results` changed.
+/// Returns, for each scan in order, whether its row changed `scan_results`.
 pub async fn commit(
     client: &mut deadpool_postgres::Client,
     scans: &[&Scan],
     dead: &[&DeadLetter],
-) -> Result<u64, tokio_postgres::Error> {
+) -> Result<Vec<bool>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let mut changed = 0;
+    let mut changed = Vec::new();
     if !scans.is_empty() {
         let copy = tx.prepare_cached(COPY).await?;
         let sink = tx.copy_in(&copy).await?;
@@ -108,21 +114,48 @@ pub async fn commit(
         copy_rows(writer.as_mut(), scans).await?;
         writer.finish().await?;
         let upsert = tx.prepare_cached(UPSERT).await?;
-        changed = tx.execute(&upsert, &[]).await?;
+        changed = changed_rows(scans, &tx.query(&upsert, &[]).await?)?;
     }
     if !dead.is_empty() {
-        let ids: Vec<&str> = dead.iter().map(|d| d.message_id.as_str()).collect();
-        let reasons: Vec<&str> = dead.iter().map(|d| d.reason).collect();
-        let details: Vec<&str> = dead.iter().map(|d| d.detail.as_str()).collect();
-        let payloads: Vec<&[u8]> = dead.iter().map(|d| &d.payload[..]).collect();
-        let published: Vec<SystemTime> = dead
-            .iter()
-            .map(|d| micros_to_time(d.published_micros))
-            .collect();
-        let stmt = tx.prepare_cached(DEAD_LETTERS).await?;
-        tx.execute(&stmt, &[&ids, &reasons, &details, &payloads, &published])
-            .await?;
+        insert_dead_letters(&tx, dead).await?;
     }
     tx.commit().await?;
     Ok(changed)
+}
+
+/// Which of `scans` the upsert's `returned` message ids name.
+fn changed_rows(
+    scans: &[&Scan],
+    returned: &[tokio_postgres::Row],
+) -> Result<Vec<bool>, tokio_postgres::Error> {
+    // Each staged row returns at most once: all or none returned needs no lookup.
+    if returned.len() == scans.len() || returned.is_empty() {
+        return Ok(vec![!returned.is_empty(); scans.len()]);
+    }
+    let ids = returned
+        .iter()
+        .map(|row| row.try_get::<_, &str>(0))
+        .collect::<Result<ahash::AHashSet<&str>, _>>()?;
+    Ok(scans
+        .iter()
+        .map(|s| ids.contains(s.order.message_id.as_str()))
+        .collect())
+}
+
+async fn insert_dead_letters(
+    tx: &deadpool_postgres::Transaction<'_>,
+    dead: &[&DeadLetter],
+) -> Result<(), tokio_postgres::Error> {
+    let ids: Vec<&str> = dead.iter().map(|d| d.message_id.as_str()).collect();
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason).collect();
+    let details: Vec<&str> = dead.iter().map(|d| d.detail.as_str()).collect();
+    let payloads: Vec<&[u8]> = dead.iter().map(|d| &d.payload[..]).collect();
+    let published: Vec<SystemTime> = dead
+        .iter()
+        .map(|d| micros_to_time(d.published_micros))
+        .collect();
+    let stmt = tx.prepare_cached(DEAD_LETTERS).await?;
+    tx.execute(&stmt, &[&ids, &reasons, &details, &payloads, &published])
+        .await?;
+    Ok(())
 }

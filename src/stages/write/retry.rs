@@ -1,0 +1,259 @@
+//! The write stage's retry policy: what is permanent, how long to wait, when
+//! to give up.
+//!
+//! * A failure that is the data's fault (SQLSTATE classes 22, 23, 54, see
+//!   [`is_data_sqlstate`]) is not retried: the rows are handed back to be
+//!   isolated ([`super::isolate`]).
+//! * Any other failure (no answer at all, or any other SQLSTATE: a lost
+//!   connection, a server restarting, a deadlock, a missing table or
+//!   permission) is transient: retried with capped exponential backoff,
+//!   forever, so the pipeline pauses rather than turning good messages into
+//!   dead letters.
+//! * Once shutdown is aborted ([`Shutdown::is_aborted`]), a transient failure
+//!   gives up: the caller nacks the rows. An abort also cuts a wait short, so
+//!   the rows get one last attempt.
+//!
+//! Health: the database is down (`/readyz`) after a transient failure and up
+//! again after any answer, success or rejection.
+//!
+//! Metrics: `miniscan_errors_total{stage="write",kind="transient"|"rejected"}`.
+
+use super::store::StoreFault;
+use crate::error::Chain;
+use crate::pipeline::{Backoff, Shutdown};
+use crate::telemetry::Health;
+use metrics::counter;
+use std::future::Future;
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+
+/// SQLSTATE classes that blame the data: 22 data exception (a value the type
+/// rejects), 23 integrity constraint violation (a CHECK), 54 program limit
+/// exceeded (a value too large to index or store). Retrying the same rows
+/// cannot succeed, so they are isolated and dead-lettered.
+pub(crate) fn is_data_sqlstate(code: &SqlState) -> bool {
+    matches!(code.code().get(..2), Some("22" | "23" | "54"))
+}
+
+/// What to do after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// The data is at fault: stop, and let the caller isolate the rows.
+    Reject,
+    /// Transient: wait, then try again.
+    Retry,
+    /// Transient, but shutdown has been aborted: stop, and nack.
+    GiveUp,
+}
+
+/// The policy's pure core: the next step after a failure with `code` (`None`:
+/// no answer), with shutdown `aborted` or not.
+pub(crate) fn step(code: Option<&SqlState>, aborted: bool) -> Step {
+    match code {
+        Some(code) if is_data_sqlstate(code) => Step::Reject,
+        _ if aborted => Step::GiveUp,
+        _ => Step::Retry,
+    }
+}
+
+/// Why rows could not be committed.
+#[derive(Debug)]
+pub(crate) enum Failure<E> {
+    /// The database rejected them for their data (permanent).
+    Rejected(E),
+    /// Shutdown was aborted while the database kept failing.
+    GaveUp,
+}
+
+/// Retries attempts as the policy says, keeping health and counters.
+#[derive(Clone, Debug)]
+pub(crate) struct Retry {
+    initial: Duration,
+    max: Duration,
+    health: Health,
+    shutdown: Shutdown,
+}
+
+impl Retry {
+    /// Waits start at `initial` and double up to `max`.
+    pub(crate) fn new(
+        initial: Duration,
+        max: Duration,
+        health: Health,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            initial,
+            max,
+            health,
+            shutdown,
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, is rejected, or is given up; `rows`
+    /// is for the log.
+    pub(crate) async fn run<T, E, F, Fut>(
+        &self,
+        rows: usize,
+        mut attempt: F,
+    ) -> Result<T, Failure<E>>
+    where
+        E: StoreFault,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut backoff = Backoff::new(self.initial, self.max);
+        loop {
+            let e = match attempt().await {
+                Ok(done) => {
+                    self.health.set_database(true);
+                    return Ok(done);
+                }
+                Err(e) => e,
+            };
+            let step = step(e.sqlstate(), self.shutdown.is_aborted());
+            let kind = if step == Step::Reject {
+                "rejected"
+            } else {
+                "transient"
+            };
+            counter!("miniscan_errors_total", "stage" => "write", "kind" => kind).increment(1);
+            self.health.set_database(step == Step::Reject);
+            match step {
+                Step::Reject => return Err(Failure::Rejected(e)),
+                Step::GiveUp => {
+                    tracing::error!(error = %Chain(&e), rows,
+                        "giving up on a batch at shutdown; it will be delivered again");
+                    return Err(Failure::GaveUp);
+                }
+                Step::Retry => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %Chain(&e), retry_in_ms = delay.as_millis() as u64,
+                        "database unavailable; pausing the pipeline");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.aborted() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::write::store::Injected;
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::time::Instant;
+
+    /// Runs `retry` over attempts (counted from 0) that fail as `fault` says;
+    /// returns the result (the number of the attempt that succeeded), the
+    /// number of attempts and the time it took.
+    async fn run(
+        retry: &Retry,
+        fault: impl Fn(usize) -> Option<Injected>,
+    ) -> (Result<usize, Failure<Injected>>, usize, Duration) {
+        let attempts = AtomicUsize::new(0);
+        let (counter, fault) = (&attempts, &fault);
+        let started = Instant::now();
+        let result = retry
+            .run(1, move || async move {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                fault(n).map_or(Ok(n), Err)
+            })
+            .await;
+        (result, attempts.into_inner(), started.elapsed())
+    }
+
+    /// Waits from 100 ms up to `max`.
+    fn policy(max: Duration, health: &Health, shutdown: &Shutdown) -> Retry {
+        Retry::new(
+            Duration::from_millis(100),
+            max,
+            health.clone(),
+            shutdown.clone(),
+        )
+    }
+
+    #[test]
+    fn only_data_errors_are_permanent() {
+        assert!(is_data_sqlstate(&SqlState::INVALID_TEXT_REPRESENTATION));
+        assert!(is_data_sqlstate(&SqlState::CHECK_VIOLATION));
+        assert!(is_data_sqlstate(&SqlState::PROGRAM_LIMIT_EXCEEDED));
+        assert!(!is_data_sqlstate(&SqlState::T_R_DEADLOCK_DETECTED));
+        assert!(!is_data_sqlstate(&SqlState::ADMIN_SHUTDOWN));
+        assert!(!is_data_sqlstate(&SqlState::UNDEFINED_TABLE));
+        assert!(!is_data_sqlstate(&SqlState::CONNECTION_FAILURE));
+    }
+
+    proptest! {
+        #[test]
+        fn the_step_follows_the_sqlstate_class_then_shutdown(
+            code in proptest::option::of("[0-9A-Z]{5}"),
+            aborted in any::<bool>(),
+        ) {
+            let code = code.map(|c| SqlState::from_code(&c));
+            let data = code
+                .as_ref()
+                .is_some_and(|c| ["22", "23", "54"].contains(&&c.code()[..2]));
+            let want = match (data, aborted) {
+                (true, _) => Step::Reject,
+                (false, true) => Step::GiveUp,
+                (false, false) => Step::Retry,
+            };
+            prop_assert_eq!(step(code.as_ref(), aborted), want);
+        }
+
+        /// `k` transient failures then success: `k + 1` attempts, the
+        /// database up again, and waits within the backoff's bounds (each
+        /// between half its cap and its cap; caps double from 100 ms to 1 s).
+        #[test]
+        fn transient_failures_are_retried_with_capped_backoff(k in 0usize..12) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()?;
+            let health = Health::new();
+            let retry = policy(Duration::from_secs(1), &health, &Shutdown::new());
+            let (result, attempts, waited) =
+                rt.block_on(run(&retry, |n| (n < k).then(Injected::connection_lost)));
+            prop_assert!(matches!(result, Ok(n) if n == k));
+            prop_assert_eq!(attempts, k + 1);
+            prop_assert!(health.down().is_empty());
+            let caps: Duration = (0..k)
+                .map(|i| Duration::from_millis(100 << i.min(4)).min(Duration::from_secs(1)))
+                .sum();
+            prop_assert!(waited >= caps / 2 && waited <= caps, "{waited:?} for caps {caps:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_data_error_is_not_retried_and_the_database_counts_as_up() {
+        let health = Health::new();
+        health.set_database(false);
+        let retry = policy(Duration::from_secs(1), &health, &Shutdown::new());
+        let (result, attempts, _) = run(&retry, |_| Some(Injected::too_large())).await;
+        assert!(matches!(result, Err(Failure::Rejected(_))));
+        assert_eq!(attempts, 1);
+        assert!(health.down().is_empty());
+    }
+
+    /// An outage outlasting the grace period: retried until shutdown is
+    /// aborted (which cuts the wait short), then one last attempt, then given
+    /// up, with the database reported down.
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_is_retried_until_shutdown_is_aborted() {
+        let (health, shutdown) = (Health::new(), Shutdown::new());
+        let retry = policy(Duration::from_secs(60), &health, &shutdown);
+        shutdown.trigger(Duration::from_secs(10));
+        let (result, attempts, took) = run(&retry, |_| Some(Injected::connection_lost())).await;
+        assert!(matches!(result, Err(Failure::GaveUp)));
+        assert_eq!(took, Duration::from_secs(10));
+        // Waits of 50..100, 100..200, 200..400 ms and so on: six to seven
+        // end within 10 s, then one more attempt once the abort cuts a wait.
+        assert!((8..=9).contains(&attempts), "{attempts} attempts");
+        assert_eq!(health.down(), ["database"]);
+    }
+}
