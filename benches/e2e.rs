@@ -1,5 +1,5 @@
 //! End to end: a backlog in a fresh Pub/Sub emulator drained into a fresh
-//! PostgreSQL by `mini_scan::app::ingest_until`, against a null consumer that
+//! PostgreSQL by `mini_scan::ingester::Ingester`, against a null consumer that
 //! only pulls and acks: `cargo bench --bench e2e [-- OPTIONS]`.
 //!
 //! 1. Publishes the backlog once to a topic with two subscriptions, so both
@@ -28,10 +28,10 @@
 mod support;
 
 use anyhow::{Context as _, bail};
-use clap::Parser as _;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use mini_scan::config::{Cli, Command};
+use mini_scan::config::IngestConfig;
+use mini_scan::ingester::Ingester;
 use mini_scan::pipeline::{Acknowledge, Shutdown};
 use mini_scan::pubsub::PubsubConfig;
 use mini_scan::scan::{GenConfig, Generator};
@@ -304,6 +304,20 @@ async fn counts(db: &tokio_postgres::Client) -> anyhow::Result<(i64, i64)> {
     Ok((row.get(0), row.get(1)))
 }
 
+/// The ingester's settings as the flags that would give them.
+fn settings(c: &IngestConfig) -> String {
+    format!(
+        "--streams {} --max-outstanding-messages {} --batch-max-rows {} \
+         --write-concurrency {} --write-partitions {} --db-pool-size {}",
+        c.streams,
+        c.max_outstanding_messages,
+        c.batch_max_rows,
+        c.write_concurrency,
+        c.write_partitions,
+        c.db_pool_size
+    )
+}
+
 fn main() -> anyhow::Result<()> {
     let o = options()?;
     // The ingester's own runtime shape: a multi-threaded runtime on every core.
@@ -358,51 +372,38 @@ async fn bench(o: Options) -> anyhow::Result<()> {
         phases.push(p);
     }
 
-    // The ingester, configured as its command line would be.
-    let mut argv: Vec<String> = [
-        "mini-scan",
-        "ingest",
-        "--database-url",
-        &pg.url,
-        "--project-id",
-        PROJECT,
-        "--emulator-host",
-        &em.host,
-        "--subscription",
-        INGEST_SUB,
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--streams",
-        &o.streams.to_string(),
-        "--max-outstanding-messages",
-        &o.max_outstanding.to_string(),
-        "--batch-max-rows",
-        &o.batch_rows.to_string(),
-    ]
-    .map(String::from)
-    .into();
-    // Otherwise the ingester's defaults.
+    // The ingester: its defaults, with the bench's options.
+    let mut config = IngestConfig::new(mini_scan::db::config(&pg.url)?, cfg.clone());
+    config.subscription = cfg.subscription_path(INGEST_SUB);
+    config.metrics_addr = (std::net::Ipv4Addr::LOCALHOST, 0).into();
+    config.streams = o.streams as usize;
+    config.max_outstanding_messages = o.max_outstanding as usize;
+    config.batch_max_rows = o.batch_rows as usize;
     if let Some(n) = o.write_concurrency {
-        argv.extend(["--write-concurrency".into(), n.to_string()]);
+        config.write_concurrency = n as usize;
     }
     if let Some(n) = o.write_partitions {
-        argv.extend(["--write-partitions".into(), n.to_string()]);
+        config.write_partitions = n as usize;
     }
-    if o.write_concurrency.is_some() || o.write_partitions.is_some() {
-        let pool = o.write_concurrency.unwrap_or(2) * o.write_partitions.unwrap_or(2);
-        argv.extend(["--db-pool-size".into(), pool.to_string()]);
-    }
-    let cli = Cli::try_parse_from(&argv)?;
-    let Command::Ingest(args) = cli.command else {
-        unreachable!("parsed an ingest command line")
-    };
+    config.db_pool_size = config
+        .db_pool_size
+        .max(config.write_concurrency * config.write_partitions);
+    let settings = settings(&config);
     let handle = mini_scan::telemetry::install_metrics()?;
     let db = pg.connect().await?;
     let rss_reset = support::reset_peak_rss();
     let rss_before = support::status_kb("VmRSS").unwrap_or(0);
     let shutdown = Shutdown::new();
     let a = Cpu::now(&pg, &em);
-    let mut ingester = tokio::spawn(mini_scan::app::ingest_until(args, shutdown.clone()));
+    let mut ingester = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            Ingester::build(config)
+                .await?
+                .run_until_stopped(shutdown)
+                .await
+        }
+    });
     // With --feed-rate, the same messages are published while the ingester
     // runs, by `mini-scan scan` in a process of its own (its memory and CPU
     // are not the ingester's).
@@ -474,14 +475,14 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     let _ = writeln!(
         s,
         "## End to end: {} messages over {} keys (10% duplicates, 20% out of order, 1% malformed)\n\n\
-         Machine: {}. {} streams x {} outstanding messages, {}-row batches, ingester flags `{}`. {}\n",
+         Machine: {}. {} streams x {} outstanding messages, {}-row batches, ingester settings `{}`. {}\n",
         o.messages,
         o.keys,
         support::machine(),
         o.streams,
         o.max_outstanding,
         o.batch_rows,
-        argv[12..].join(" "),
+        settings,
         match o.feed_rate {
             Some(rate) => format!("Published while ingesting, at {rate} msg/s."),
             None =>

@@ -6,8 +6,9 @@
 //!   teaching the cache a newer committed order (`CommittedOrders::committed`).
 //! * `pipeline/overhead`: an in-memory source of pre-built envelopes through
 //!   `source → decode → dedup → batch → null sink → ack`, the same combinators
-//!   as `mini_scan::app::ingest_until`, on a current-thread runtime.
-//!   `overhead_no_cache` is the same with a zero-capacity dedup cache.
+//!   as `Ingester::run_until_stopped` (`src/ingester/mod.rs`), on a
+//!   current-thread runtime. `overhead_no_cache` is the same with a
+//!   zero-capacity dedup cache.
 //!
 //! Every figure is CPU time of the benchmarking thread (`CLOCK_THREAD_CPUTIME_ID`),
 //! not wall time, so other work on the machine inflates it less; throughput is

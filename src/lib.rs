@@ -7,14 +7,19 @@
 //!   combinators, instrumentation, shutdown). Knows nothing about scans.
 //! * [`stages`]: the concrete stages, one module each: source, decode, dedup,
 //!   batch, write, ack.
-//! * [`config`]: the command line; every setting is a flag with an env var.
-//! * [`db`]: the connection pool and migrations.
+//! * [`config`]: the command line (every setting is a flag with an env var)
+//!   and [`config::IngestConfig`], the validated settings of the ingester.
+//! * [`ingester`]: the ingester, built from an `IngestConfig` then run until a
+//!   shutdown; it owns and stops its background tasks.
+//! * [`db`]: connecting (libpq's TLS parameters), the pool, migrations and
+//!   the ingest role's grants.
 //! * [`logging`]: log lines as text or JSON (`--log-format`).
 //! * [`error`]: formatting error chains on one line.
 //! * [`pubsub`]: building Pub/Sub clients (emulator aware) and resource names.
 //! * [`telemetry`]: logs, the metrics registry, and the `/metrics`, `/healthz`
 //!   and `/readyz` endpoints.
-//! * [`app`]: the subcommands (`migrate`, `ingest`, `scan`, `setup`) wired up.
+//! * [`app`]: the subcommands (`migrate`, `ingest`, `scan`, `setup`) wired up;
+//!   `ingest` adds signal handling to the [`ingester`].
 //! * [`scan`]: the synthetic scanner and load generator.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -23,6 +28,7 @@ pub mod app;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod ingester;
 pub mod logging;
 pub mod pipeline;
 pub mod pubsub;

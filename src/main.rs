@@ -37,7 +37,8 @@ fn main() -> ExitCode {
             Command::Setup(args) => app::setup(args).await,
         }
     });
-    // Background tasks (metrics server, probes) end with the runtime.
+    // The ingester stops its own tasks; this bounds what the client
+    // libraries may have left running.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,

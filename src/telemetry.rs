@@ -6,10 +6,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics::gauge;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Logs go to stderr in `format` (see [`crate::logging`]); `RUST_LOG`
 /// filters them (default `info`).
@@ -178,13 +180,35 @@ struct Endpoints {
     process: Arc<metrics_process::Collector>,
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`; returns the bound
-/// address (useful with port 0).
-pub async fn serve(
+/// How often histograms are folded into buckets: they keep raw samples until
+/// then, so this bounds their memory between scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `/metrics`, `/healthz` and `/readyz`, bound to their address but not
+/// served yet: [`MetricsServer::run`] serves them until told to stop.
+pub struct MetricsServer {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    app: Router,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for MetricsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsServer")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// Binds `addr` for `/metrics`, `/healthz` and `/readyz`. Binding is apart
+/// from serving so that a taken port fails start-up, and so that the bound
+/// address is known (useful with port 0) before anything runs.
+pub async fn bind(
     addr: SocketAddr,
     handle: PrometheusHandle,
     health: Health,
-) -> std::io::Result<SocketAddr> {
+) -> std::io::Result<MetricsServer> {
     let process = Arc::new(metrics_process::Collector::default());
     process.describe();
     let state = Endpoints {
@@ -198,21 +222,41 @@ pub async fn serve(
         .route("/readyz", get(ready))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+    let addr = listener.local_addr()?;
+    Ok(MetricsServer {
+        listener,
+        addr,
+        app,
+        handle,
+    })
+}
+
+impl MetricsServer {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves, and folds histograms every few seconds, until `stop` is
+    /// cancelled; then finishes the requests in progress, closes the port and
+    /// returns. Every connection is closed by then: none outlives this.
+    pub async fn run(self, stop: CancellationToken) {
+        let handle = self.handle;
+        let upkeep = async move {
+            let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        };
+        let serve = axum::serve(self.listener, self.app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future();
+        let (served, _) = tokio::join!(serve, stop.run_until_cancelled(upkeep));
+        if let Err(e) = served {
             tracing::error!(error = %e, "metrics server stopped");
         }
-    });
-    // Histograms keep raw samples until upkeep folds them into buckets.
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            handle.run_upkeep();
-        }
-    });
-    Ok(bound)
+    }
 }
 
 async fn metrics_page(State(s): State<Endpoints>) -> String {
