@@ -36,8 +36,11 @@ pub mod sql;
 use super::dedup::CommittedOrders;
 use super::{DeadLetter, Record, Scan, now_micros};
 use crate::error::Chain;
-use crate::pipeline::{Acknowledge, Backoff, Envelope, Settle, Settlement, Shutdown, Sink};
+use crate::pipeline::{
+    Acknowledge, Backoff, Envelope, Outcome, Settle, Settlement, Shutdown, Sink,
+};
 use crate::telemetry::Health;
+use crate::telemetry::names::outcome;
 use metrics::{counter, histogram};
 use std::future::Future;
 use std::ops::Range;
@@ -61,6 +64,8 @@ pub enum Written {
 }
 
 impl Settle for Written {
+    type Outcome = Written;
+
     fn settlement(&self) -> Settlement {
         match self {
             Written::Nack => Settlement::Nack,
@@ -68,13 +73,27 @@ impl Settle for Written {
         }
     }
 
-    fn outcome(&self) -> &'static str {
+    fn outcome(&self) -> Written {
+        *self
+    }
+}
+
+impl Outcome for Written {
+    const ALL: &'static [Self] = &[
+        Written::Stored,
+        Written::Superseded,
+        Written::Stale,
+        Written::DeadLetter,
+        Written::Nack,
+    ];
+
+    fn as_str(self) -> &'static str {
         match self {
-            Written::Stored => "stored",
-            Written::Superseded => "superseded",
-            Written::Stale => "stale",
-            Written::DeadLetter => "dead_letter",
-            Written::Nack => "nack",
+            Written::Stored => outcome::STORED,
+            Written::Superseded => outcome::SUPERSEDED,
+            Written::Stale => outcome::STALE,
+            Written::DeadLetter => outcome::DEAD_LETTER,
+            Written::Nack => outcome::NACK,
         }
     }
 }
