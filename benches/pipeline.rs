@@ -26,6 +26,7 @@ use mini_scan::stages::decode::{Decode, decode};
 use mini_scan::stages::dedup::{CommittedOrders, Dedup};
 use mini_scan::stages::write::Written;
 use mini_scan::stages::{Order, Received, Record, Scan};
+use mini_scan::telemetry::names::stage;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +55,7 @@ impl<A: Acknowledge> Sink<A> for NullSink {
     type Out = Written;
 
     fn name(&self) -> &'static str {
-        "write"
+        stage::WRITE
     }
 
     fn write(
@@ -236,10 +237,10 @@ fn bench_pipeline(c: &mut Criterion) {
                     let started = thread_cpu();
                     let summary = rt.block_on(async move {
                         futures::stream::iter(envs)
-                            .source("source")
+                            .source(stage::SOURCE)
                             .transform(Decode)
                             .transform(dedup)
-                            .batch("batch", 1000, Duration::from_millis(100))
+                            .batch(stage::BATCH, 1000, Duration::from_millis(100))
                             .write(NullSink, 2)
                             .ack()
                             .await

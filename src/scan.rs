@@ -5,6 +5,7 @@
 //! response size, seed).
 
 use crate::config::ScanArgs;
+use crate::stages::decode::one_per_reason;
 use base64::Engine as _;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -55,26 +56,15 @@ impl From<&ScanArgs> for GenConfig {
     }
 }
 
-/// One malformed message of each dead-letter kind, in turn.
-pub const MALFORMED: [&str; 10] = [
-    "this is not json",
-    r#"{"port":80,"service":"HTTP","timestamp":1700000000,"data_version":2,"data":{"response_str":"x"}}"#,
-    r#"{"ip":"1.1.1.1","port":"80","service":"HTTP","timestamp":1700000000,"data_version":2,"data":{"response_str":"x"}}"#,
-    r#"{"ip":"1.1.1.999","port":80,"service":"HTTP","timestamp":1700000000,"data_version":2,"data":{"response_str":"x"}}"#,
-    r#"{"ip":"1.1.1.1","port":70000,"service":"HTTP","timestamp":1700000000,"data_version":2,"data":{"response_str":"x"}}"#,
-    r#"{"ip":"1.1.1.1","port":80,"service":"","timestamp":1700000000,"data_version":2,"data":{"response_str":"x"}}"#,
-    r#"{"ip":"1.1.1.1","port":80,"service":"HTTP","timestamp":999999999999999,"data_version":2,"data":{"response_str":"x"}}"#,
-    r#"{"ip":"1.1.1.1","port":80,"service":"HTTP","timestamp":1700000000,"data_version":3,"data":{"response_str":"x"}}"#,
-    r#"{"ip":"1.1.1.1","port":80,"service":"HTTP","timestamp":1700000000,"data_version":1,"data":{}}"#,
-    r#"{"ip":"1.1.1.1","port":80,"service":"HTTP","timestamp":1700000000,"data_version":1,"data":{"response_bytes_utf8":"%%%"}}"#,
-];
-
 /// Makes scan messages.
 #[derive(Debug)]
 pub struct Generator {
     cfg: GenConfig,
     rng: StdRng,
     recent: Vec<Vec<u8>>,
+    /// One malformed message of each dead-letter reason decode gives,
+    /// published in turn.
+    malformed: Vec<&'static [u8]>,
     seq: u64,
 }
 
@@ -89,6 +79,7 @@ impl Generator {
             cfg,
             rng,
             recent: Vec::with_capacity(RECENT),
+            malformed: one_per_reason().map(|m| m.data).collect(),
             seq: 0,
         }
     }
@@ -113,9 +104,8 @@ impl Generator {
             return self.recent[i].clone();
         }
         if r < c.duplicate_ratio + c.malformed_ratio {
-            return MALFORMED[(self.seq % MALFORMED.len() as u64) as usize]
-                .as_bytes()
-                .to_vec();
+            let kind = (self.seq % self.malformed.len() as u64) as usize;
+            return self.malformed[kind].to_vec();
         }
         let out_of_order = r < c.duplicate_ratio + c.malformed_ratio + c.out_of_order_ratio;
         let (ip, port, service) = match c.keys {
@@ -248,7 +238,7 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::decode::decode;
+    use crate::stages::decode::{Reason, decode};
 
     fn cfg(seed: u64) -> GenConfig {
         GenConfig {
@@ -299,10 +289,17 @@ mod tests {
     }
 
     #[test]
-    fn every_malformed_template_is_a_dead_letter() {
-        for m in MALFORMED {
-            assert!(decode(m.as_bytes()).is_err(), "{m}");
-        }
+    fn malformed_messages_cycle_through_every_decode_reason() {
+        let mut g = Generator::new(GenConfig {
+            malformed_ratio: 1.0,
+            duplicate_ratio: 0.0,
+            ..cfg(5)
+        });
+        let reasons: std::collections::BTreeSet<&str> = (0..100)
+            .map(|_| decode(&g.next_message()).unwrap_err().reason.as_str())
+            .collect();
+        assert_eq!(reasons.len(), Reason::ALL.len() - 1, "{reasons:?}");
+        assert!(!reasons.contains(Reason::RejectedByDatabase.as_str()));
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! Logs, metrics, and the HTTP endpoints `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Every metric name and label value is in [`names`]; which series exist from
+//! start-up (zero-initialised) is [`series`].
+
+pub mod names;
+pub mod series;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics::gauge;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use names::component;
 use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,8 +45,8 @@ impl Default for Health {
 impl Health {
     /// Both up until shown otherwise.
     pub fn new() -> Self {
-        gauge!("miniscan_up", "component" => "database").set(1.0);
-        gauge!("miniscan_up", "component" => "subscription").set(1.0);
+        names::up(component::DATABASE).set(1.0);
+        names::up(component::SUBSCRIPTION).set(1.0);
         Self(Arc::new(HealthInner {
             database: AtomicBool::new(true),
             subscription: AtomicBool::new(true),
@@ -50,7 +56,7 @@ impl Health {
     fn set(flag: &AtomicBool, component: &'static str, up: bool) {
         // Cheap on the hot path: the gauge is touched only on a change.
         if flag.swap(up, Ordering::Relaxed) != up {
-            gauge!("miniscan_up", "component" => component).set(if up { 1.0 } else { 0.0 });
+            names::up(component).set(if up { 1.0 } else { 0.0 });
             if up {
                 tracing::info!(component, "up again");
             }
@@ -59,22 +65,22 @@ impl Health {
 
     /// Records whether the database answers.
     pub fn set_database(&self, up: bool) {
-        Self::set(&self.0.database, "database", up);
+        Self::set(&self.0.database, component::DATABASE, up);
     }
 
     /// Records whether the subscription stream works.
     pub fn set_subscription(&self, up: bool) {
-        Self::set(&self.0.subscription, "subscription", up);
+        Self::set(&self.0.subscription, component::SUBSCRIPTION, up);
     }
 
     /// What is down, if anything.
     pub fn down(&self) -> Vec<&'static str> {
         let mut down = Vec::new();
         if !self.0.database.load(Ordering::Relaxed) {
-            down.push("database");
+            down.push(component::DATABASE);
         }
         if !self.0.subscription.load(Ordering::Relaxed) {
-            down.push("subscription");
+            down.push(component::SUBSCRIPTION);
         }
         down
     }
@@ -98,79 +104,71 @@ const ROWS_BUCKETS: &[f64] = &[
 static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
 
 /// Installs the global metrics recorder (once per process; later calls return
-/// the same handle) and describes every metric.
+/// the same handle), describes every metric, and registers every known
+/// counter series at 0 ([`series::zero_init`]).
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(names::FRESHNESS_LAG.into()), LAG_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(names::BATCH_ROWS.into()), ROWS_BUCKETS)?
         .set_buckets_for_metric(
-            Matcher::Full("miniscan_freshness_lag_seconds".into()),
-            LAG_BUCKETS,
+            Matcher::Full(names::STAGE_DURATION.into()),
+            DURATION_BUCKETS,
         )?
-        .set_buckets_for_metric(Matcher::Full("miniscan_batch_rows".into()), ROWS_BUCKETS)?
         .set_buckets_for_metric(
-            Matcher::Suffix("_duration_seconds".into()),
+            Matcher::Full(names::WRITE_DURATION.into()),
             DURATION_BUCKETS,
         )?
         .install_recorder()?;
     describe();
-    gauge!("miniscan_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    series::zero_init();
+    names::build_info(env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "miniscan_messages_total",
-        "Messages through each stage, by outcome."
-    );
+    use names::*;
+    describe_counter!(MESSAGES_TOTAL, "Messages through each stage, by outcome.");
     describe_histogram!(
-        "miniscan_stage_duration_seconds",
+        STAGE_DURATION,
         Unit::Seconds,
         "Work per stage: per message for decode and dedup (mean over a burst), per batch for write."
     );
+    describe_histogram!(BATCH_ROWS, "Messages per batch handed to the write stage.");
     describe_histogram!(
-        "miniscan_batch_rows",
-        "Messages per batch handed to the write stage."
-    );
-    describe_histogram!(
-        "miniscan_write_duration_seconds",
+        WRITE_DURATION,
         Unit::Seconds,
         "One write transaction (COPY, upsert, dead letters, commit)."
     );
-    describe_counter!(
-        "miniscan_cache_lookups_total",
-        "Dedup cache lookups, by result."
-    );
-    describe_gauge!("miniscan_cache_entries", "Keys held by the dedup cache.");
+    describe_counter!(CACHE_LOOKUPS_TOTAL, "Dedup cache lookups, by result.");
+    describe_gauge!(CACHE_ENTRIES, "Keys held by the dedup cache.");
     describe_gauge!(
-        "miniscan_inflight_messages",
+        INFLIGHT_MESSAGES,
         "Messages received and not yet acked or nacked."
     );
     describe_counter!(
-        "miniscan_acks_total",
+        ACKS_TOTAL,
         "Messages settled with Pub/Sub, by kind (ack, nack)."
     );
-    describe_counter!(
-        "miniscan_dead_letters_total",
-        "Dead letters committed, by reason."
-    );
+    describe_counter!(DEAD_LETTERS_TOTAL, "Dead letters committed, by reason.");
     describe_histogram!(
-        "miniscan_freshness_lag_seconds",
+        FRESHNESS_LAG,
         Unit::Seconds,
         "Commit time minus the scan's timestamp (reference=scan) or its publish time (reference=publish)."
     );
     describe_counter!(
-        "miniscan_rows_written_total",
+        ROWS_WRITTEN_TOTAL,
         "Rows of scan_results this replica inserted or updated."
     );
-    describe_counter!("miniscan_errors_total", "Errors by stage and kind.");
+    describe_counter!(ERRORS_TOTAL, "Errors by stage and kind.");
     describe_gauge!(
-        "miniscan_up",
+        UP,
         "Whether a dependency (database, subscription) is reachable."
     );
-    describe_gauge!("miniscan_build_info", "Always 1; the version is a label.");
+    describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 }
 
 #[derive(Clone)]

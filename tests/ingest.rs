@@ -12,6 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use mini_scan::stages::decode::{MALFORMED, Malformed, Reason};
+use mini_scan::telemetry::names::{
+    ACKS_TOTAL, DEAD_LETTERS_TOTAL, MESSAGES_TOTAL, label, outcome, stage,
+};
 use serde_json::json;
 
 use common::scans::{compare_tables, expected_table, generate, seeded_rng};
@@ -30,7 +34,7 @@ async fn wait_for_acks(ingester: &Ingester, n: u64) {
         if acks >= n {
             Ok(())
         } else {
-            Err(format!("miniscan_acks_total{{kind=\"ack\"}} = {acks}"))
+            Err(format!("{ACKS_TOTAL}{{kind=\"ack\"}} = {acks}"))
         }
     })
     .await;
@@ -213,125 +217,69 @@ async fn one_key_many_times_in_one_batch_keeps_the_newest() {
     );
 }
 
-/// A V1 message with the given fields replaced (`null` removes a field).
-fn v1_with(fields: serde_json::Value) -> Vec<u8> {
-    let mut message = json!({
-        "ip": "198.51.100.7",
-        "port": 443,
-        "service": "HTTP",
-        "timestamp": T0,
-        "data_version": 1,
-        "data": { "response_bytes_utf8": BASE64.encode(b"ok") },
-    });
-    for (key, value) in fields.as_object().expect("an object of fields") {
-        if value.is_null() {
-            message.as_object_mut().unwrap().remove(key);
-        } else {
-            message[key] = value.clone();
+/// Asserts that each of `bad` is in `letters` exactly once, with its reason and detail, and that
+/// nothing else is.
+fn assert_one_dead_letter_each(letters: &[common::postgres::DeadLetter], bad: &[Malformed]) {
+    let mut problems = Vec::new();
+    for m in bad {
+        let shown = String::from_utf8_lossy(m.data);
+        let (reason, detail) = (m.reason.as_str(), m.detail);
+        let found: Vec<_> = letters.iter().filter(|l| l.payload == m.data).collect();
+        match found.as_slice() {
+            [one] if one.reason == reason && one.detail.contains(detail) => {}
+            [one] => problems.push(format!(
+                "{shown}: reason {:?} detail {:?}, want reason {reason:?} with {detail:?} in the detail",
+                one.reason, one.detail
+            )),
+            many => problems.push(format!("{shown}: {} dead letters, want 1", many.len())),
         }
     }
-    serde_json::to_vec(&message).unwrap()
+    assert!(
+        problems.is_empty(),
+        "wrong dead letters:\n  {}",
+        problems.join("\n  ")
+    );
+    assert_eq!(letters.len(), bad.len(), "{letters:#?}");
+}
+
+/// Asserts that `miniscan_dead_letters_total` in `metrics` counts `bad` by reason, and that every
+/// reason has a series from start-up, at 0 where no message had it.
+fn assert_dead_letters_counted(metrics: &str, bad: &[Malformed]) {
+    let mut per_reason: BTreeMap<&str, f64> =
+        Reason::ALL.iter().map(|r| (r.as_str(), 0.0)).collect();
+    for m in bad {
+        *per_reason.entry(m.reason.as_str()).or_default() += 1.0;
+    }
+    for (reason, n) in per_reason {
+        let series = format!("{DEAD_LETTERS_TOTAL}{{{}=\"{reason}\"}}", label::REASON);
+        let got = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
+            .unwrap_or_else(|| panic!("no series {series}:\n{metrics}"));
+        assert_eq!(got.parse::<f64>().ok(), Some(n), "{series}");
+    }
 }
 
 #[tokio::test]
 async fn every_malformed_kind_is_dead_lettered_once_with_its_reason() {
     let ctx = TestContext::new().await;
-    // (payload, reason, a word the detail must contain)
-    let bad: Vec<(Vec<u8>, &str, &str)> = vec![
-        (b"not json at all".to_vec(), "invalid_json", ""),
-        (b"[1, 2, 3]".to_vec(), "invalid_json", ""),
-        // An array whose items would fit the fields in order: serde reads structs from arrays.
-        (
-            br#"["198.51.100.9", 443, "HTTP", 1700000000, 1, {"response_bytes_utf8": "aGk="}]"#
-                .to_vec(),
-            "invalid_json",
-            "",
-        ),
-        (b"null".to_vec(), "invalid_json", ""),
-        (b"\"a string\"".to_vec(), "invalid_json", ""),
-        (b"{\"ip\": \"1.2.3.4\", ".to_vec(), "invalid_json", ""),
-        (b"\xff\xfe{\"ip\":\"1.2.3.4\"}".to_vec(), "invalid_json", ""),
-        (v1_with(json!({ "ip": null })), "missing_field", "ip"),
-        (v1_with(json!({ "port": null })), "missing_field", "port"),
-        (
-            v1_with(json!({ "service": null })),
-            "missing_field",
-            "service",
-        ),
-        (
-            v1_with(json!({ "timestamp": null })),
-            "missing_field",
-            "timestamp",
-        ),
-        (
-            v1_with(json!({ "data_version": null })),
-            "missing_field",
-            "data_version",
-        ),
-        (v1_with(json!({ "data": null })), "missing_field", "data"),
-        (
-            v1_with(json!({ "port": "80" })),
-            "invalid_field_type",
-            "port",
-        ),
-        (
-            v1_with(json!({ "port": 80.5 })),
-            "invalid_field_type",
-            "port",
-        ),
-        (
-            v1_with(json!({ "ip": 16_909_060 })),
-            "invalid_field_type",
-            "ip",
-        ),
-        (
-            v1_with(json!({ "service": 7 })),
-            "invalid_field_type",
-            "service",
-        ),
-        (v1_with(json!({ "ip": "999.1.1.1" })), "invalid_ip", ""),
-        (v1_with(json!({ "ip": "not-an-ip" })), "invalid_ip", ""),
-        (v1_with(json!({ "ip": "2001:db8::g" })), "invalid_ip", ""),
-        (v1_with(json!({ "ip": "" })), "invalid_ip", ""),
-        (v1_with(json!({ "port": 65_536 })), "port_out_of_range", ""),
-        (v1_with(json!({ "port": -1 })), "port_out_of_range", ""),
-        (v1_with(json!({ "service": "" })), "empty_service", ""),
-        (
-            v1_with(json!({ "timestamp": 100_000_000_000_000_i64 })),
-            "timestamp_out_of_range",
-            "",
-        ),
-        (
-            v1_with(json!({ "data_version": 3 })),
-            "unknown_data_version",
-            "",
-        ),
-        (
-            v1_with(json!({ "data_version": 0 })),
-            "unknown_data_version",
-            "",
-        ),
-        (v1_with(json!({ "data": {} })), "missing_response", ""),
-        (
-            v1_with(json!({ "data_version": 2, "data": { "response_bytes_utf8": "aGk=" } })),
-            "missing_response",
-            "",
-        ),
-        (
-            v1_with(json!({ "data": { "response_bytes_utf8": "!!not base64!!" } })),
-            "invalid_base64",
-            "",
-        ),
-    ];
+    // The library's catalogue: several examples of every reason decode gives, each with text its
+    // detail must contain.
+    let bad = MALFORMED;
     let mut padded = b" \n\t".to_vec();
     padded.extend(Scan::new("198.51.100.4", 80, "HTTP", T0, "whitespace first").v1());
     let good = [
         Scan::new("198.51.100.1", 80, "HTTP", T0, "fine").v1(),
         Scan::new("198.51.100.2", 22, "SSH", T0, "SSH-2.0-OpenSSH").v2(),
-        v1_with(json!({ "ip": "198.51.100.3", "extra": { "nested": [1, 2] }, "note": "ignored" })),
+        serde_json::to_vec(&json!({
+            "ip": "198.51.100.3", "port": 443, "service": "HTTP", "timestamp": T0,
+            "data_version": 1, "data": { "response_bytes_utf8": BASE64.encode(b"ok") },
+            "extra": { "nested": [1, 2] }, "note": "ignored",
+        }))
+        .unwrap(),
         padded,
     ];
-    let mut payloads: Vec<Vec<u8>> = bad.iter().map(|(p, _, _)| p.clone()).collect();
+    let mut payloads: Vec<Vec<u8>> = bad.iter().map(|m| m.data.to_vec()).collect();
     payloads.extend(good.iter().cloned());
 
     ctx.publish(&payloads).await;
@@ -345,53 +293,21 @@ async fn every_malformed_kind_is_dead_lettered_once_with_its_reason() {
         "messages left unacknowledged"
     );
 
-    let letters = ctx.db.dead_letters().await;
-    let mut problems = Vec::new();
-    for (payload, reason, detail_word) in &bad {
-        let shown = String::from_utf8_lossy(payload);
-        let found: Vec<_> = letters.iter().filter(|l| &l.payload == payload).collect();
-        match found.as_slice() {
-            [one] if one.reason == *reason && one.detail.contains(detail_word) => {}
-            [one] => problems.push(format!(
-                "{shown}: reason {:?} detail {:?}, want reason {reason:?} with {detail_word:?} in the detail",
-                one.reason, one.detail
-            )),
-            many => problems.push(format!("{shown}: {} dead letters, want 1", many.len())),
-        }
-    }
-    assert!(
-        problems.is_empty(),
-        "wrong dead letters:\n  {}",
-        problems.join("\n  ")
-    );
-    assert_eq!(letters.len(), bad.len(), "{letters:#?}");
-
-    let mut per_reason: BTreeMap<&str, f64> = BTreeMap::new();
-    for (_, reason, _) in &bad {
-        *per_reason.entry(reason).or_default() += 1.0;
-    }
-    for (reason, n) in per_reason {
-        let got = common::ingester::metric_sum(
-            &metrics,
-            "miniscan_dead_letters_total",
-            &[("reason", reason)],
-        );
-        assert_eq!(got, n, "miniscan_dead_letters_total{{reason=\"{reason}\"}}");
-    }
-
+    assert_one_dead_letter_each(&ctx.db.dead_letters().await, bad);
+    assert_dead_letters_counted(&metrics, bad);
     let sum =
         |name: &str, labels: &[(&str, &str)]| common::ingester::metric_sum(&metrics, name, labels);
     let n = payloads.len() as f64;
     assert!(
-        sum("miniscan_messages_total", &[("stage", "source")]) >= n,
+        sum(MESSAGES_TOTAL, &[(label::STAGE, stage::SOURCE)]) >= n,
         "{metrics}"
     );
     assert!(
-        sum("miniscan_messages_total", &[("stage", "decode")]) >= n,
+        sum(MESSAGES_TOTAL, &[(label::STAGE, stage::DECODE)]) >= n,
         "{metrics}"
     );
     assert_eq!(
-        sum("miniscan_acks_total", &[("kind", "nack")]),
+        sum(ACKS_TOTAL, &[(label::KIND, outcome::NACK)]),
         0.0,
         "a dead letter is recorded and acked, never nacked (that would redeliver it forever)"
     );
@@ -760,7 +676,7 @@ async fn a_row_the_database_rejects_is_isolated_and_the_rest_of_its_batch_commit
     );
     let dead = ctx.db.dead_letters().await;
     assert_eq!(dead.len(), 1, "{dead:#?}");
-    assert_eq!(dead[0].reason, "rejected_by_database");
+    assert_eq!(dead[0].reason, Reason::RejectedByDatabase.as_str());
     assert!(dead[0].detail.starts_with("54000"), "{}", dead[0].detail);
     assert_eq!(
         dead[0].payload, poison,

@@ -19,6 +19,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use mini_scan::stages::decode::MALFORMED;
+use mini_scan::telemetry::names;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -225,15 +227,34 @@ async fn status(http: &reqwest::Client, ingester: &Ingester, path: &str) -> Resu
         .map_err(|e| e.to_string())
 }
 
-/// Malformed messages, published raw, so the dead-letter panels have data.
+/// The library's catalogue of malformed messages, published raw, so the dead-letter panels have
+/// data for every reason decode gives.
 fn malformed() -> Vec<Vec<u8>> {
-    vec![
-        b"not json at all".to_vec(),
-        br#"{"ip": "192.0.2.1"}"#.to_vec(),
-        br#"{"ip": "999.1.1.1", "port": 80, "service": "HTTP", "timestamp": 1700000000,
-             "data_version": 2, "data": {"response_str": "hi"}}"#
-            .to_vec(),
-    ]
+    MALFORMED.iter().map(|m| m.data.to_vec()).collect()
+}
+
+/// Asserts that a healthy ingester's `miniscan_errors_total` has a series at 0 for every known
+/// `{stage, kind}`, as Prometheus sees it: the errors panel shows 0, not "No data".
+async fn assert_errors_are_zero_initialised(prometheus: &Prometheus) {
+    let result = prometheus
+        .query(names::ERRORS_TOTAL)
+        .await
+        .unwrap_or_else(|e| panic!("querying {}: {e}", names::ERRORS_TOTAL));
+    let series: Vec<(&str, &str, &str)> = result
+        .iter()
+        .map(|s| {
+            let label = |key: &str| s["metric"][key].as_str().unwrap_or("");
+            let value = s["value"][1].as_str().unwrap_or("");
+            (label(names::label::STAGE), label(names::label::KIND), value)
+        })
+        .collect();
+    for &(stage, kind) in names::ERRORS {
+        assert!(
+            series.contains(&(stage, kind, "0")),
+            "a healthy ingester has no {}{{stage=\"{stage}\",kind=\"{kind}\"}} at 0: {series:?}",
+            names::ERRORS_TOTAL
+        );
+    }
 }
 
 /// Runs docker-compose.yml's healthcheck of the ingester (a bash script, as
@@ -310,6 +331,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         },
     )
     .await;
+    assert_errors_are_zero_initialised(&prometheus).await;
 
     // Traffic for the whole test, paced so that every rate window has some:
     // a small key space and repeats (cache hits, stale scans), late scans,
@@ -351,7 +373,10 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         async || {
             ingester.assert_running();
             let errors = ingester
-                .metric("miniscan_errors_total", &[("stage", "write")])
+                .metric(
+                    names::ERRORS_TOTAL,
+                    &[(names::label::STAGE, names::stage::WRITE)],
+                )
                 .await;
             if errors > 0.0 {
                 Ok(())
@@ -417,7 +442,10 @@ async fn readyz_is_503_while_postgres_is_down_and_200_when_it_is_back() {
     let http = http();
     let database_up = async || {
         ingester
-            .metric("miniscan_up", &[("component", "database")])
+            .metric(
+                names::UP,
+                &[(names::label::COMPONENT, names::component::DATABASE)],
+            )
             .await
     };
     assert_eq!(status(&http, &ingester, "/readyz").await, Ok(200));

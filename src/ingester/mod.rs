@@ -128,7 +128,7 @@ impl Ingester {
         let summary = self
             .source
             .stream(shutdown)
-            .source("source")
+            .source(crate::telemetry::names::stage::SOURCE)
             .transform(Decode)
             .transform(Dedup::new(self.orders.clone()))
             .batch(batch::STAGE, c.batch_max_rows, c.batch_max_wait)

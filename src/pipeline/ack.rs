@@ -1,9 +1,9 @@
 //! The last stage: settles every message as the sink decided.
 
 use super::envelope::{Acknowledge, Envelope, Settle, Settlement};
-use super::instrument::{INFLIGHT, Tally};
+use super::instrument::Tally;
+use crate::telemetry::names;
 use futures::{Stream, StreamExt};
-use metrics::{counter, gauge};
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 
@@ -27,35 +27,32 @@ impl<S> Ack<S> {
     }
 }
 
-/// Settles one batch, counting it.
-pub fn settle_batch<T: Settle, A: Acknowledge>(
-    batch: Vec<Envelope<T, A>>,
-    summary: &mut AckSummary,
-) {
-    let mut tally = Tally::new("ack");
+/// Settles one batch, counting it under the stage `ack` and in
+/// `miniscan_acks_total{kind}` (both labelled by [`Settlement`]).
+fn settle_batch<T: Settle, A: Acknowledge>(batch: Vec<Envelope<T, A>>, summary: &mut AckSummary) {
+    let mut tally = Tally::new(names::stage::ACK);
     let (mut acked, mut nacked) = (0u64, 0u64);
     for env in batch {
-        match env.payload.settlement() {
+        let settlement = env.payload.settlement();
+        match settlement {
             Settlement::Ack => {
                 env.ack.ack();
-                tally.count("ack");
                 acked += 1;
             }
             Settlement::Nack => {
                 env.ack.nack();
-                tally.count("nack");
                 nacked += 1;
             }
         }
+        tally.count(settlement);
     }
     tally.flush_counts();
-    if acked > 0 {
-        counter!("miniscan_acks_total", "kind" => "ack").increment(acked);
+    for (kind, n) in [(Settlement::Ack, acked), (Settlement::Nack, nacked)] {
+        if n > 0 {
+            names::acks(kind).increment(n);
+        }
     }
-    if nacked > 0 {
-        counter!("miniscan_acks_total", "kind" => "nack").increment(nacked);
-    }
-    gauge!(INFLIGHT).decrement((acked + nacked) as f64);
+    names::inflight_messages().decrement((acked + nacked) as f64);
     summary.acked += acked;
     summary.nacked += nacked;
 }

@@ -1,16 +1,14 @@
 //! The batching stage: `tokio_stream`'s `chunks_timeout`, counted.
 
 use super::instrument::Tally;
+use super::outcome::BatchOutcome;
+use crate::telemetry::names;
 use futures::Stream;
-use metrics::histogram;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio_stream::StreamExt as _;
 use tokio_stream::adapters::ChunksTimeout;
-
-/// Messages per batch handed to the write stage.
-pub const BATCH_ROWS: &str = "miniscan_batch_rows";
 
 pin_project_lite::pin_project! {
     /// Groups items into batches of at most `max_items`; a partial batch leaves
@@ -19,7 +17,7 @@ pin_project_lite::pin_project! {
     pub struct BatchStream<S: Stream<Item = T>, T> {
         #[pin]
         inner: ChunksTimeout<S>,
-        tally: Tally,
+        tally: Tally<BatchOutcome>,
     }
 }
 
@@ -39,9 +37,9 @@ impl<S: Stream<Item = T>, T> Stream for BatchStream<S, T> {
         let this = self.project();
         let polled = this.inner.poll_next(cx);
         if let Poll::Ready(Some(batch)) = &polled {
-            this.tally.add("out", batch.len() as u64);
+            this.tally.add(BatchOutcome::Out, batch.len() as u64);
             this.tally.flush_counts();
-            histogram!(BATCH_ROWS).record(batch.len() as f64);
+            names::batch_rows().record(batch.len() as f64);
         }
         polled
     }
@@ -50,6 +48,7 @@ impl<S: Stream<Item = T>, T> Stream for BatchStream<S, T> {
 #[cfg(test)]
 mod tests {
     use crate::pipeline::{Envelope, PipelineExt};
+    use crate::telemetry::names::stage;
     use futures::StreamExt;
     use std::time::Duration;
 
@@ -57,7 +56,7 @@ mod tests {
     async fn flushes_full_batches_then_the_partial_one_when_the_input_ends() {
         let input = futures::stream::iter((0..7u32).map(|i| Envelope::new(i, ())));
         let sizes: Vec<usize> = input
-            .batch("batch", 3, Duration::from_secs(3600))
+            .batch(stage::BATCH, 3, Duration::from_secs(3600))
             .map(|b| b.len())
             .collect()
             .await;
@@ -68,7 +67,7 @@ mod tests {
     async fn a_partial_batch_leaves_after_max_wait() {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let mut batches = tokio_stream::wrappers::ReceiverStream::new(rx)
-            .batch("batch", 100, Duration::from_millis(50))
+            .batch(stage::BATCH, 100, Duration::from_millis(50))
             .boxed();
         tx.send(Envelope::new(1u32, ())).await.unwrap();
         tx.send(Envelope::new(2u32, ())).await.unwrap();

@@ -1,5 +1,8 @@
 //! The unit that flows through a pipeline: a payload and its ack handle.
 
+use super::outcome::outcome_enum;
+use crate::telemetry::names::outcome;
+
 /// Something that settles one delivered message with its broker.
 ///
 /// Implementations must be cheap and must not block: the ack stage calls them
@@ -38,23 +41,27 @@ impl<T, A> Envelope<T, A> {
     }
 }
 
-/// How the last stage must settle a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Settlement {
-    /// Its effect is committed (or it is proven redundant): ack it.
-    Ack,
-    /// It was not handled (for example, shut down while the database was
-    /// unreachable): nack it so that it is delivered again.
-    Nack,
+outcome_enum! {
+    /// How the last stage must settle a message. Also the ack stage's outcome
+    /// and the `kind` of `miniscan_acks_total`.
+    pub enum Settlement {
+        /// Its effect is committed (or it is proven redundant): ack it.
+        Ack => outcome::ACK,
+        /// It was not handled (for example, shut down while the database was
+        /// unreachable): nack it so that it is delivered again.
+        Nack => outcome::NACK,
+    }
 }
 
-/// A sink's verdict on one message: how to settle it, and the outcome label it
-/// is counted under.
+/// A sink's verdict on one message: how to settle it, and the outcome it is
+/// counted under.
 pub trait Settle {
+    /// The sink's outcomes.
+    type Outcome: super::Outcome;
     /// Ack or nack.
     fn settlement(&self) -> Settlement;
-    /// The `outcome` label this message is counted under at the write stage.
-    fn outcome(&self) -> &'static str;
+    /// The outcome this message is counted under at the sink's stage.
+    fn outcome(&self) -> Self::Outcome;
 }
 
 /// An ack handle that does nothing, for in-memory sources in tests and benches.

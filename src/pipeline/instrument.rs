@@ -5,8 +5,9 @@
 //! a plain local array, and flush it when their input runs dry (the stream
 //! returns `Pending` or ends) or every [`FLUSH_EVERY`] items under load.
 
+use super::outcome::{Outcome, SourceOutcome};
+use crate::telemetry::names;
 use futures::Stream;
-use metrics::{counter, histogram};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,28 +18,23 @@ use std::time::Duration;
 /// registry work per message negligible.
 pub const FLUSH_EVERY: u64 = 1024;
 
-/// The name of the counter every stage reports into.
-pub const MESSAGES_TOTAL: &str = "miniscan_messages_total";
-/// Time a stage spends on its work: per message for per-item stages (the mean
-/// over a flushed burst), per batch for batch stages.
-pub const STAGE_DURATION: &str = "miniscan_stage_duration_seconds";
-
 /// Local counts of one stage's outcomes, flushed to the registry in bulk.
 #[derive(Debug)]
-pub struct Tally {
+pub struct Tally<O> {
     stage: &'static str,
-    /// Few distinct outcomes per stage, so a linear scan beats hashing.
-    counts: Vec<(&'static str, u64)>,
+    /// One count per value of `O::ALL`, in its order: few outcomes per stage,
+    /// so a linear search beats hashing.
+    counts: Vec<(O, u64)>,
     items: u64,
     busy: Duration,
 }
 
-impl Tally {
+impl<O: Outcome> Tally<O> {
     /// An empty tally for `stage`.
     pub fn new(stage: &'static str) -> Self {
         Self {
             stage,
-            counts: Vec::with_capacity(4),
+            counts: O::ALL.iter().map(|&o| (o, 0)).collect(),
             items: 0,
             busy: Duration::ZERO,
         }
@@ -46,16 +42,17 @@ impl Tally {
 
     /// Counts one item with `outcome`.
     #[inline]
-    pub fn count(&mut self, outcome: &'static str) {
+    pub fn count(&mut self, outcome: O) {
         self.add(outcome, 1);
     }
 
     /// Counts `n` items with `outcome`.
     #[inline]
-    pub fn add(&mut self, outcome: &'static str, n: u64) {
+    pub fn add(&mut self, outcome: O, n: u64) {
         self.items += n;
         match self.counts.iter_mut().find(|(o, _)| *o == outcome) {
             Some((_, c)) => *c += n,
+            // Only if `O::ALL` misses a value; counted all the same.
             None => self.counts.push((outcome, n)),
         }
     }
@@ -83,7 +80,7 @@ impl Tally {
         } else {
             self.busy.as_secs_f64()
         };
-        histogram!(STAGE_DURATION, "stage" => self.stage).record(busy);
+        names::stage_duration(self.stage).record(busy);
         self.busy = Duration::ZERO;
         self.flush_counts();
     }
@@ -93,17 +90,13 @@ impl Tally {
     pub fn flush_counts(&mut self) -> u64 {
         for (outcome, n) in self.counts.iter_mut() {
             if *n > 0 {
-                counter!(MESSAGES_TOTAL, "stage" => self.stage, "outcome" => *outcome)
-                    .increment(*n);
+                names::messages(self.stage, outcome.as_str()).increment(*n);
                 *n = 0;
             }
         }
         std::mem::take(&mut self.items)
     }
 }
-
-/// Messages received and not yet settled.
-pub const INFLIGHT: &str = "miniscan_inflight_messages";
 
 pin_project_lite::pin_project! {
     /// Counts the items a source yields (`outcome="received"`) and adds them to
@@ -112,7 +105,7 @@ pin_project_lite::pin_project! {
     pub struct Counted<S> {
         #[pin]
         inner: S,
-        tally: Tally,
+        tally: Tally<SourceOutcome>,
     }
 }
 
@@ -125,10 +118,10 @@ impl<S> Counted<S> {
     }
 }
 
-fn flush_received(tally: &mut Tally) {
+fn flush_received(tally: &mut Tally<SourceOutcome>) {
     let n = tally.flush_counts();
     if n > 0 {
-        metrics::gauge!(INFLIGHT).increment(n as f64);
+        names::inflight_messages().increment(n as f64);
     }
 }
 
@@ -139,7 +132,7 @@ impl<S: Stream> Stream for Counted<S> {
         let this = self.project();
         match this.inner.poll_next(cx) {
             Poll::Ready(Some(item)) => {
-                this.tally.count("received");
+                this.tally.count(SourceOutcome::Received);
                 if this.tally.pending() >= FLUSH_EVERY {
                     flush_received(this.tally);
                 }

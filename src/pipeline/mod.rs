@@ -13,7 +13,8 @@
 //! * The ack handle travels with the data and only the last stage ([`ack`])
 //!   settles it, as the sink decided ([`Settle`]).
 //! * Every stage counts what goes in and out of it in
-//!   `miniscan_messages_total{stage,outcome}`. Per-item stages count into a
+//!   `miniscan_messages_total{stage,outcome}`, its outcomes a typed
+//!   [`Outcome`] with one string form each. Per-item stages count into a
 //!   local tally that is flushed to the metrics registry once per burst (when
 //!   their input runs dry, or every [`instrument::FLUSH_EVERY`] items), so the
 //!   registry is touched per batch, not per message.
@@ -25,6 +26,7 @@ pub mod backoff;
 pub mod batch;
 pub mod envelope;
 pub mod instrument;
+pub mod outcome;
 pub mod shutdown;
 pub mod sink;
 pub mod transform;
@@ -33,6 +35,7 @@ pub use ack::{Ack, AckSummary};
 pub use backoff::Backoff;
 pub use envelope::{Acknowledge, Envelope, Settle, Settlement};
 pub use instrument::Tally;
+pub use outcome::{BatchOutcome, Outcome, SourceOutcome};
 pub use shutdown::Shutdown;
 pub use sink::Sink;
 pub use transform::Transform;

@@ -44,7 +44,7 @@ where
             async move {
                 let started = Instant::now();
                 let out = sink.write(batch).await;
-                let mut tally = Tally::new(Sink::<A>::name(&sink));
+                let mut tally = Tally::<<K::Out as Settle>::Outcome>::new(Sink::<A>::name(&sink));
                 tally.busy(started.elapsed());
                 for env in &out {
                     tally.count(env.payload.outcome());

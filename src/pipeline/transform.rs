@@ -2,6 +2,7 @@
 
 use super::envelope::Envelope;
 use super::instrument::{FLUSH_EVERY, Tally};
+use super::outcome::Outcome;
 use futures::Stream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,10 +18,12 @@ pub trait Transform {
     type In;
     /// What the stage yields.
     type Out;
+    /// What it counts each item under.
+    type Outcome: Outcome;
     /// The `stage` label of this stage's metrics.
     fn name(&self) -> &'static str;
-    /// Transforms one payload, returning it with its outcome label.
-    fn apply(&mut self, input: Self::In) -> (Self::Out, &'static str);
+    /// Transforms one payload, returning it with its outcome.
+    fn apply(&mut self, input: Self::In) -> (Self::Out, Self::Outcome);
     /// Called whenever the stage's tally is flushed (end of a burst), for
     /// stages that keep metrics of their own.
     fn flush(&mut self) {}
@@ -28,11 +31,11 @@ pub trait Transform {
 
 pin_project_lite::pin_project! {
     /// The stream that runs a [`Transform`]; see [`super::PipelineExt::transform`].
-    pub struct TransformStream<S, X> {
+    pub struct TransformStream<S, X: Transform> {
         #[pin]
         inner: S,
         stage: X,
-        tally: Tally,
+        tally: Tally<X::Outcome>,
     }
 }
 
@@ -95,22 +98,31 @@ mod tests {
     use crate::pipeline::PipelineExt;
     use futures::StreamExt;
 
+    crate::pipeline::outcome::outcome_enum! {
+        /// Whether the input was even.
+        enum Parity {
+            /// Even.
+            Even => "even",
+            /// Odd.
+            Odd => "odd",
+        }
+    }
+
     struct Double;
     impl Transform for Double {
         type In = u32;
         type Out = u64;
+        type Outcome = Parity;
         fn name(&self) -> &'static str {
             "double"
         }
-        fn apply(&mut self, input: u32) -> (u64, &'static str) {
-            (
-                u64::from(input) * 2,
-                if input.is_multiple_of(2) {
-                    "even"
-                } else {
-                    "odd"
-                },
-            )
+        fn apply(&mut self, input: u32) -> (u64, Parity) {
+            let parity = if input.is_multiple_of(2) {
+                Parity::Even
+            } else {
+                Parity::Odd
+            };
+            (u64::from(input) * 2, parity)
         }
     }
 

@@ -19,5 +19,6 @@ pub struct BatchConfig {
     pub max_wait: Duration,
 }
 
-/// The stage label.
-pub const STAGE: &str = "batch";
+/// The stage label (kept for callers that predate
+/// [`crate::telemetry::names::stage`]).
+pub const STAGE: &str = crate::telemetry::names::stage::BATCH;

@@ -16,7 +16,8 @@
 
 use super::{Order, Record, ScanKey};
 use crate::pipeline::Transform;
-use metrics::{counter, gauge};
+use crate::pipeline::outcome::outcome_enum;
+use crate::telemetry::names::{self, cache, outcome, stage};
 use moka::sync::Cache;
 
 /// The newest order committed per key, as far as this process knows.
@@ -64,15 +65,20 @@ impl CommittedOrders {
         self.cache.insert(key, order);
     }
 
-    /// Keys held (approximate, as moka counts lazily).
-    pub fn entries(&self) -> u64 {
-        self.cache.entry_count()
-    }
-
     /// Publishes `miniscan_cache_entries`.
     pub fn publish_metrics(&self) {
         self.cache.run_pending_tasks();
-        gauge!("miniscan_cache_entries").set(self.cache.entry_count() as f64);
+        names::cache_entries().set(self.cache.entry_count() as f64);
+    }
+}
+
+outcome_enum! {
+    /// The dedup stage's outcomes.
+    pub enum DedupOutcome {
+        /// Not provably stale: on to the write stage.
+        Pass => outcome::PASS,
+        /// Provably not newer than what is committed: [`Record::Stale`].
+        Stale => outcome::STALE,
     }
 }
 
@@ -95,11 +101,10 @@ impl Dedup {
     }
 
     fn flush_lookups(&mut self) {
-        if self.hits > 0 {
-            counter!("miniscan_cache_lookups_total", "result" => "hit").increment(self.hits);
-        }
-        if self.misses > 0 {
-            counter!("miniscan_cache_lookups_total", "result" => "miss").increment(self.misses);
+        for (result, n) in [(cache::HIT, self.hits), (cache::MISS, self.misses)] {
+            if n > 0 {
+                names::cache_lookups(result).increment(n);
+            }
         }
         self.hits = 0;
         self.misses = 0;
@@ -109,14 +114,15 @@ impl Dedup {
 impl Transform for Dedup {
     type In = Record;
     type Out = Record;
+    type Outcome = DedupOutcome;
 
     fn name(&self) -> &'static str {
-        "dedup"
+        stage::DEDUP
     }
 
-    fn apply(&mut self, record: Record) -> (Record, &'static str) {
+    fn apply(&mut self, record: Record) -> (Record, DedupOutcome) {
         let Record::Scan(scan) = record else {
-            return (record, "pass");
+            return (record, DedupOutcome::Pass);
         };
         let stale = match self.orders.is_stale(&scan.key, &scan.order) {
             Some(stale) => {
@@ -129,9 +135,9 @@ impl Transform for Dedup {
             }
         };
         if stale {
-            (Record::Stale, "stale")
+            (Record::Stale, DedupOutcome::Stale)
         } else {
-            (Record::Scan(scan), "pass")
+            (Record::Scan(scan), DedupOutcome::Pass)
         }
     }
 
@@ -145,6 +151,7 @@ impl Transform for Dedup {
 mod tests {
     use super::*;
     use crate::stages::Scan;
+    use DedupOutcome::{Pass, Stale};
 
     fn scan(ts: i64, id: &str) -> Record {
         Record::Scan(Scan {
@@ -169,28 +176,28 @@ mod tests {
         let orders = CommittedOrders::new(100);
         let mut dedup = Dedup::new(orders.clone());
         // Nothing committed yet: everything passes, even repeats.
-        assert_eq!(dedup.apply(scan(10, "a")).1, "pass");
-        assert_eq!(dedup.apply(scan(10, "a")).1, "pass");
+        assert_eq!(dedup.apply(scan(10, "a")).1, Pass);
+        assert_eq!(dedup.apply(scan(10, "a")).1, Pass);
         let Record::Scan(s) = scan(10, "a") else {
             unreachable!()
         };
         orders.committed(s.key, s.order);
-        assert_eq!(dedup.apply(scan(10, "a")).1, "stale", "a redelivery");
-        assert_eq!(dedup.apply(scan(9, "z")).1, "stale", "an older scan");
+        assert_eq!(dedup.apply(scan(10, "a")).1, Stale, "a redelivery");
+        assert_eq!(dedup.apply(scan(9, "z")).1, Stale, "an older scan");
         assert_eq!(
             dedup.apply(scan(10, "b")).1,
-            "pass",
+            Pass,
             "a tie broken by message id"
         );
-        assert_eq!(dedup.apply(scan(11, "a")).1, "pass", "a newer scan");
+        assert_eq!(dedup.apply(scan(11, "a")).1, Pass, "a newer scan");
         // A concurrent batch's older winner may lower what is known: still a
         // lower bound, so nothing newer than the table is ever called stale.
         let Record::Scan(old) = scan(5, "a") else {
             unreachable!()
         };
         orders.committed(old.key, old.order);
-        assert_eq!(dedup.apply(scan(9, "z")).1, "pass");
-        assert_eq!(dedup.apply(scan(5, "a")).1, "stale");
+        assert_eq!(dedup.apply(scan(9, "z")).1, Pass);
+        assert_eq!(dedup.apply(scan(5, "a")).1, Stale);
     }
 
     #[test]
@@ -202,6 +209,6 @@ mod tests {
         };
         orders.committed(s.key, s.order);
         orders.publish_metrics();
-        assert_eq!(dedup.apply(scan(10, "a")).1, "pass");
+        assert_eq!(dedup.apply(scan(10, "a")).1, Pass);
     }
 }

@@ -78,7 +78,7 @@ pub struct Scan {
 pub struct DeadLetter {
     /// The broker's message id (the dead letter's primary key).
     pub message_id: String,
-    /// A short snake_case code.
+    /// Why: a [`decode::Reason`]'s code (`as_str`).
     pub reason: &'static str,
     /// A human-readable explanation.
     pub detail: String,

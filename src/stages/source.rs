@@ -22,6 +22,7 @@ use super::Received;
 use super::ack::PubsubAck;
 use crate::pipeline::{Backoff, Envelope, Shutdown};
 use crate::telemetry::Health;
+use crate::telemetry::names::{self, error_kind, stage};
 use futures::{Stream, StreamExt};
 use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin};
 use google_cloud_pubsub::model::Message;
@@ -138,7 +139,7 @@ impl PubsubSource {
                         }
                         Some(Err(e)) => {
                             src.health.set_subscription(false);
-                            metrics::counter!("miniscan_errors_total", "stage" => "source", "kind" => "stream").increment(1);
+                            names::errors(stage::SOURCE, error_kind::STREAM).increment(1);
                             let delay = backoff.next_delay();
                             tracing::warn!(error = %crate::error::Chain(&e),
                             subscription = %src.config.subscription,

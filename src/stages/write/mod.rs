@@ -64,8 +64,9 @@ pub use store::{BatchStore, PgStore, StoreFault, WriteError};
 
 use super::dedup::CommittedOrders;
 use super::{Record, Scan, now_micros};
-use crate::pipeline::{Acknowledge, Envelope, Settle, Settlement, Shutdown, Sink};
+use crate::pipeline::{Acknowledge, Envelope, Outcome, Settle, Settlement, Shutdown, Sink};
 use crate::telemetry::Health;
+use crate::telemetry::names::{self, label, outcome, reference, stage};
 use commit::Committer;
 use layout::Layout;
 use metrics::{counter, histogram};
@@ -95,6 +96,8 @@ pub enum Written {
 }
 
 impl Settle for Written {
+    type Outcome = Written;
+
     fn settlement(&self) -> Settlement {
         match self {
             Written::Nack => Settlement::Nack,
@@ -102,13 +105,27 @@ impl Settle for Written {
         }
     }
 
-    fn outcome(&self) -> &'static str {
+    fn outcome(&self) -> Written {
+        *self
+    }
+}
+
+impl Outcome for Written {
+    const ALL: &'static [Self] = &[
+        Written::Stored,
+        Written::Superseded,
+        Written::Stale,
+        Written::DeadLetter,
+        Written::Nack,
+    ];
+
+    fn as_str(self) -> &'static str {
         match self {
-            Written::Stored => "stored",
-            Written::Superseded => "superseded",
-            Written::Stale => "stale",
-            Written::DeadLetter => "dead_letter",
-            Written::Nack => "nack",
+            Written::Stored => outcome::STORED,
+            Written::Superseded => outcome::SUPERSEDED,
+            Written::Stale => outcome::STALE,
+            Written::DeadLetter => outcome::DEAD_LETTER,
+            Written::Nack => outcome::NACK,
         }
     }
 }
@@ -228,7 +245,7 @@ impl<S: BatchStore, A: Acknowledge> Sink<A> for WriteSink<S> {
     type Out = Written;
 
     fn name(&self) -> &'static str {
-        "write"
+        stage::WRITE
     }
 
     async fn write(&self, batch: Vec<Envelope<Record, A>>) -> Vec<Envelope<Written, A>> {
@@ -240,10 +257,10 @@ impl<S: BatchStore, A: Acknowledge> Sink<A> for WriteSink<S> {
 /// its committed winners.
 fn record<A>(verdicts: &Verdicts, batch: &[Envelope<Record, A>]) {
     if verdicts.rows_written > 0 {
-        counter!("miniscan_rows_written_total").increment(verdicts.rows_written);
+        counter!(names::ROWS_WRITTEN_TOTAL).increment(verdicts.rows_written);
     }
     for &(reason, n) in &verdicts.dead_by_reason {
-        counter!("miniscan_dead_letters_total", "reason" => reason).increment(n);
+        counter!(names::DEAD_LETTERS_TOTAL, label::REASON => reason).increment(n);
     }
     let lag = Lag::new(now_micros());
     for (env, &learn) in batch.iter().zip(&verdicts.learn) {
@@ -264,8 +281,8 @@ impl Lag {
     fn new(committed_at: i64) -> Self {
         Self {
             committed_at,
-            scan: histogram!("miniscan_freshness_lag_seconds", "reference" => "scan"),
-            publish: histogram!("miniscan_freshness_lag_seconds", "reference" => "publish"),
+            scan: histogram!(names::FRESHNESS_LAG, label::REFERENCE => reference::SCAN),
+            publish: histogram!(names::FRESHNESS_LAG, label::REFERENCE => reference::PUBLISH),
         }
     }
 

@@ -22,6 +22,7 @@ use super::store::StoreFault;
 use crate::error::Chain;
 use crate::pipeline::{Backoff, Shutdown};
 use crate::telemetry::Health;
+use crate::telemetry::names::{self, error_kind, label, stage};
 use metrics::counter;
 use std::future::Future;
 use std::time::Duration;
@@ -113,11 +114,12 @@ impl Retry {
             };
             let step = step(e.sqlstate(), self.shutdown.is_aborted());
             let kind = if step == Step::Reject {
-                "rejected"
+                error_kind::REJECTED
             } else {
-                "transient"
+                error_kind::TRANSIENT
             };
-            counter!("miniscan_errors_total", "stage" => "write", "kind" => kind).increment(1);
+            counter!(names::ERRORS_TOTAL, label::STAGE => stage::WRITE, label::KIND => kind)
+                .increment(1);
             self.health.set_database(step == Step::Reject);
             match step {
                 Step::Reject => return Err(Failure::Rejected(e)),

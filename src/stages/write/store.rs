@@ -99,7 +99,7 @@ impl BatchStore for PgStore {
         let result = sql::commit(&mut client, scans, dead)
             .await
             .map_err(WriteError::Db);
-        histogram!("miniscan_write_duration_seconds").record(started.elapsed().as_secs_f64());
+        histogram!(crate::telemetry::names::WRITE_DURATION).record(started.elapsed().as_secs_f64());
         result
     }
 }

@@ -16,7 +16,8 @@ use super::Written;
 use super::layout::Slot;
 
 /// The reason of the dead letter of a row the database rejects.
-pub(crate) const REJECTED_BY_DATABASE: &str = "rejected_by_database";
+pub(crate) const REJECTED_BY_DATABASE: &str =
+    crate::stages::decode::Reason::RejectedByDatabase.as_str();
 
 /// What became of a winner (the newest scan of its key in the batch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
