@@ -3,8 +3,7 @@
 
 use super::{CONNECT_TIMEOUT, Config, SslMode, tls};
 use crate::error::Chain;
-use crate::stages::write::sql::CREATE_STAGE_TABLE;
-use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::future::BoxFuture;
 use std::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -140,9 +139,10 @@ impl deadpool_postgres::Connect for PoolConnect {
 }
 
 /// A pool of at most `size` connections, made by [`connect`]. Connections
-/// are made lazily, so the pool builds even while the database is down;
-/// each new connection creates the write stage's temporary staging table
-/// once.
+/// are made lazily, so the pool builds even while the database is down.
+/// A connection holds no session state the write stage relies on (it makes
+/// its staging table in each transaction), so the URL may name a
+/// transaction-mode pooler.
 pub fn pool(cfg: Config, size: usize) -> Pool {
     let manager = Manager::from_connect(
         cfg.pg.clone(),
@@ -160,14 +160,6 @@ pub fn pool(cfg: Config, size: usize) -> Pool {
         .wait_timeout(Some(CONNECT_TIMEOUT))
         .create_timeout(Some(CONNECT_TIMEOUT))
         .recycle_timeout(Some(CONNECT_TIMEOUT))
-        .post_create(Hook::async_fn(|client, _| {
-            Box::pin(async move {
-                client
-                    .batch_execute(CREATE_STAGE_TABLE)
-                    .await
-                    .map_err(HookError::Backend)
-            })
-        }))
         .build()
         .expect("a runtime and sizes are set, the only ways building can fail")
 }

@@ -16,6 +16,7 @@
 //! - [`database`]: on any server, databases with random names ([`create_database`]) and a
 //!   one-line report of each server's version.
 //! - [`emulator`]: [`Emulator`], started on a free port.
+//! - [`pgbouncer`]: [`PgBouncer`], a transaction-mode pooler in front of a cluster.
 //! - [`process`]: children that die with this process (`PR_SET_PDEATHSIG`), run as another user,
 //!   readiness with a deadline, and servers kept until the process exits.
 //!
@@ -25,6 +26,7 @@
 
 pub mod database;
 pub mod emulator;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod process;
 
@@ -40,6 +42,7 @@ use rand::Rng as _;
 pub use {
     database::{Database, connect, create_database, with_dbname},
     emulator::Emulator,
+    pgbouncer::PgBouncer,
     postgres::{Cluster, PgOptions},
     process::{RunAs, die_with_parent, keep_until_exit},
 };

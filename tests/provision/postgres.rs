@@ -408,7 +408,7 @@ impl Drop for Cluster {
 }
 
 /// When we are root, the `postgres` user to run PostgreSQL as (it refuses to run as root).
-fn postgres_user() -> Result<Option<RunAs>, Error> {
+pub(crate) fn postgres_user() -> Result<Option<RunAs>, Error> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(None);

@@ -1,6 +1,15 @@
-//! The SQL of the write stage: binary COPY into a per-session temporary table,
+//! The SQL of the write stage: binary COPY into a temporary staging table,
 //! then one newest-wins upsert that returns the rows it changed; dead letters
 //! in the same transaction.
+//!
+//! Pooler-safe: behind a transaction-mode pooler (pgbouncer `pool_mode =
+//! transaction`, Supavisor, Neon's pooler) each transaction may run on another
+//! server connection, so nothing here outlives a transaction on the
+//! connection it ran on. Every transaction creates the staging table if its
+//! server connection lacks it, and no named prepared statement survives a
+//! commit: the upsert and the dead letters are unnamed statements
+//! (`query_typed`/`execute_typed`), and the COPY's statement (COPY needs one)
+//! is closed before `COMMIT` is sent.
 
 use crate::stages::{DeadLetter, Scan, micros_to_time, secs_to_time};
 use futures::pin_mut;
@@ -8,10 +17,15 @@ use postgres_types::Type;
 use std::time::SystemTime;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
-/// Created once per connection (see [`crate::db`]). `ON COMMIT DELETE ROWS`
-/// empties it at every commit and a rollback discards its rows, so a
-/// connection can reuse it for every batch without cleaning up.
+/// Run at the start of every transaction: the server connection (which a
+/// pooler may hand to this transaction only) keeps the table once made, and
+/// `ON COMMIT DELETE ROWS` empties it at every commit (a rollback discards its
+/// rows), so the next transaction on that connection, ours or another
+/// ingester's, finds it empty. `client_min_messages` hides the "already
+/// exists, skipping" notice, for this transaction only. Cheaper than `ON
+/// COMMIT DROP`, which would create and drop catalog rows every batch.
 pub const CREATE_STAGE_TABLE: &str = "
+    SET LOCAL client_min_messages = warning;
     CREATE TEMPORARY TABLE IF NOT EXISTS scan_stage (
         ip inet NOT NULL,
         port integer NOT NULL,
@@ -100,27 +114,39 @@ pub async fn copy_rows(
 /// Writes `scans` (one per key, sorted by key) and `dead` in one transaction.
 /// Returns, for each scan in order, whether its row changed `scan_results`.
 pub async fn commit(
-    client: &mut deadpool_postgres::Client,
+    client: &mut tokio_postgres::Client,
     scans: &[&Scan],
     dead: &[&DeadLetter],
 ) -> Result<Vec<bool>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let mut changed = Vec::new();
     if !scans.is_empty() {
-        let copy = tx.prepare_cached(COPY).await?;
-        let sink = tx.copy_in(&copy).await?;
-        let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-        pin_mut!(writer);
-        copy_rows(writer.as_mut(), scans).await?;
-        writer.finish().await?;
-        let upsert = tx.prepare_cached(UPSERT).await?;
-        changed = changed_rows(scans, &tx.query(&upsert, &[]).await?)?;
+        tx.batch_execute(CREATE_STAGE_TABLE).await?;
+        copy_in(&tx, scans).await?;
+        changed = changed_rows(scans, &tx.query_typed(UPSERT, &[]).await?)?;
     }
     if !dead.is_empty() {
         insert_dead_letters(&tx, dead).await?;
     }
     tx.commit().await?;
     Ok(changed)
+}
+
+/// COPYs `scans` into the staging table. COPY takes a prepared (named)
+/// statement; it is dropped when this returns, which sends its `Close` ahead
+/// of anything the transaction sends next, so it is closed on the server
+/// connection that prepared it, before the commit.
+async fn copy_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    scans: &[&Scan],
+) -> Result<(), tokio_postgres::Error> {
+    let copy = tx.prepare(COPY).await?;
+    let sink = tx.copy_in(&copy).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    pin_mut!(writer);
+    copy_rows(writer.as_mut(), scans).await?;
+    writer.finish().await?;
+    Ok(())
 }
 
 /// Which of `scans` the upsert's `returned` message ids name.
@@ -143,7 +169,7 @@ fn changed_rows(
 }
 
 async fn insert_dead_letters(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Transaction<'_>,
     dead: &[&DeadLetter],
 ) -> Result<(), tokio_postgres::Error> {
     let ids: Vec<&str> = dead.iter().map(|d| d.message_id.as_str()).collect();
@@ -154,8 +180,16 @@ async fn insert_dead_letters(
         .iter()
         .map(|d| micros_to_time(d.published_micros))
         .collect();
-    let stmt = tx.prepare_cached(DEAD_LETTERS).await?;
-    tx.execute(&stmt, &[&ids, &reasons, &details, &payloads, &published])
-        .await?;
+    tx.execute_typed(
+        DEAD_LETTERS,
+        &[
+            (&ids, Type::TEXT_ARRAY),
+            (&reasons, Type::TEXT_ARRAY),
+            (&details, Type::TEXT_ARRAY),
+            (&payloads, Type::BYTEA_ARRAY),
+            (&published, Type::TIMESTAMPTZ_ARRAY),
+        ],
+    )
+    .await?;
     Ok(())
 }

@@ -83,8 +83,8 @@ pub struct PgStore {
 }
 
 impl PgStore {
-    /// A store committing through `pool` (see [`crate::db::pool`]: its
-    /// connections hold the staging table).
+    /// A store committing through `pool` (see [`crate::db::pool`]), which
+    /// may connect through a transaction-mode pooler.
     pub fn new(pool: deadpool_postgres::Pool) -> Self {
         Self { pool }
     }
