@@ -20,10 +20,14 @@
 //! `--write-concurrency N`, `--write-partitions N` (default: the ingester's),
 //! `--no-null` (skip the null consumer), `--feed-rate R` (publish while the
 //! ingester runs, at R messages/s, from a separate `mini-scan scan` process,
-//! instead of a backlog up front; implies `--no-null`). The emulator slows
+//! instead of a backlog up front; implies `--no-null`), `--replicas 1,2,4`
+//! (replica scaling instead: N `mini-scan ingest` processes per count, see
+//! `e2e/replicas.rs`). The emulator slows
 //! to ~1k msg/s under a 1M-message backlog, so the memory run feeds:
 //! `-- --messages 1000000 --keys 1000000 --feed-rate 8000`.
 
+#[path = "e2e/replicas.rs"]
+mod replicas;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -53,6 +57,7 @@ const PHASE_TIMEOUT: Duration = Duration::from_secs(1200);
 const POLL: Duration = Duration::from_millis(200);
 const SERVICES: [&str; 3] = ["HTTP", "SSH", "DNS"];
 
+#[derive(Clone)]
 struct Options {
     messages: u64,
     keys: u64,
@@ -63,6 +68,7 @@ struct Options {
     write_partitions: Option<u32>,
     null: bool,
     feed_rate: Option<f64>,
+    replicas: Option<Vec<u32>>,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -76,6 +82,7 @@ fn options() -> anyhow::Result<Options> {
         write_partitions: None,
         null: true,
         feed_rate: None,
+        replicas: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -92,6 +99,11 @@ fn options() -> anyhow::Result<Options> {
             "--feed-rate" => {
                 o.feed_rate = Some(value()?.parse()?);
                 o.null = false;
+            }
+            "--replicas" => {
+                let list = value()?;
+                let counts = list.split(',').map(str::parse).collect::<Result<_, _>>();
+                o.replicas = Some(counts.with_context(|| format!("--replicas {list}"))?);
             }
             _ => {} // `cargo bench` passes `--bench`
         }
@@ -336,6 +348,9 @@ async fn bench(o: Options) -> anyhow::Result<()> {
         o.max_outstanding,
         support::machine()
     );
+    if let Some(counts) = &o.replicas {
+        return replicas::run(&o, counts).await;
+    }
     let pg = Postgres::start().await?;
     let em = tokio::task::block_in_place(Emulator::start)?;
     let cfg = PubsubConfig {
