@@ -1359,11 +1359,11 @@ fn json_logs_are_one_object_per_line_with_cloud_logging_fields() {
             "no RFC 3339 timestamp: {line}"
         );
         if object["message"] == "serving /metrics, /healthz and /readyz" {
-            serving = object["addr"]
+            serving = object["metrics_addr"]
                 .as_str()
                 .is_some_and(|a| a.starts_with("127.0.0.1:"));
         }
     }
-    assert!(serving, "no \"serving\" line with its addr field:\n{logs}");
+    assert!(serving, "no \"serving\" line with its metrics_addr field:\n{logs}");
     assert!(!logs.contains('\u{1b}'), "ANSI escapes in JSON:\n{logs:?}");
 }
