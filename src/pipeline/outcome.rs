@@ -18,7 +18,7 @@ pub trait Outcome: Copy + PartialEq + Send + Sync + 'static {
 /// inherent `ALL` (every variant, in declaration order, so it cannot miss
 /// one) and `as_str`:
 ///
-/// ```ignore
+/// ```text
 /// label_enum! {
 ///     /// Docs.
 ///     pub enum Colour {
