@@ -847,3 +847,48 @@ async fn a_rejected_row_in_a_partitioned_batch_is_isolated_and_every_other_messa
     assert!(dead[0].detail.starts_with("54000"), "{}", dead[0].detail);
     assert_eq!(dead[0].payload, poison);
 }
+
+/// `stored` and `superseded` are per message: with the dedup cache off, a second round in which
+/// half the keys get a newer scan and half an older one stores exactly the newer half and
+/// supersedes the older half (the upsert reports which rows it changed).
+#[tokio::test]
+async fn a_batch_of_newer_and_older_scans_is_counted_stored_and_superseded_per_message() {
+    const KEYS: u16 = 200;
+    let ctx = TestContext::new().await;
+    let round = |shift: &dyn Fn(u16) -> i64| -> Vec<Vec<u8>> {
+        (0..KEYS)
+            .map(|i| Scan::new("203.0.113.10", 2000 + i, "HTTP", shift(i), format!("r {i}")).v1())
+            .collect()
+    };
+    let ingester = ctx
+        .start_ingester(&[
+            ("MINISCAN_CACHE_CAPACITY", "0"),
+            ("MINISCAN_BATCH_MAX_ROWS", &KEYS.to_string()),
+            ("MINISCAN_BATCH_MAX_WAIT_MS", "2000"),
+        ])
+        .await;
+    ctx.publish(&round(&|_| T0)).await;
+    wait_for_acks(&ingester, u64::from(KEYS)).await;
+    // Even keys newer, odd keys older: changed and unchanged rows interleave in the upsert.
+    ctx.publish(&round(&|i| if i % 2 == 0 { T0 + 10 } else { T0 - 10 }))
+        .await;
+    wait_for_acks(&ingester, 2 * u64::from(KEYS)).await;
+
+    let text = ingester.metrics().await;
+    let write = |outcome| {
+        common::ingester::metric_sum(
+            &text,
+            "miniscan_messages_total",
+            &[("stage", "write"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(write("stored"), f64::from(KEYS + KEYS / 2));
+    assert_eq!(write("superseded"), f64::from(KEYS / 2));
+    assert_eq!(write("stale"), 0.0, "the cache is off");
+    ingester.stop().await;
+    assert_eq!(ctx.remaining_messages().await, 0);
+    let table = ctx.table().await;
+    assert_eq!(table.len(), usize::from(KEYS));
+    let newer = table.values().filter(|(ts, _)| *ts == T0 + 10).count();
+    assert_eq!(newer, usize::from(KEYS / 2));
+}
