@@ -1364,6 +1364,9 @@ fn json_logs_are_one_object_per_line_with_cloud_logging_fields() {
                 .is_some_and(|a| a.starts_with("127.0.0.1:"));
         }
     }
-    assert!(serving, "no \"serving\" line with its metrics_addr field:\n{logs}");
+    assert!(
+        serving,
+        "no \"serving\" line with its metrics_addr field:\n{logs}"
+    );
     assert!(!logs.contains('\u{1b}'), "ANSI escapes in JSON:\n{logs:?}");
 }
