@@ -110,42 +110,20 @@ async fn sslmodes_connect_as_libpq_does() {
     let (pg, db) = tls_cluster(&pki).await;
     let ca = root(&pki.ca);
     let other = root(&pki.other_ca);
-    // verify-full by the name on the certificate: the schema owner migrates.
-    assert_migrates(&url(
-        &pg,
-        "localhost",
-        "postgres",
-        &db.name,
-        &format!("sslmode=verify-full&{ca}"),
-    ))
-    .await;
-    // verify-ca checks the chain, not the name: 127.0.0.1 is fine.
-    assert_migrates(&url(
-        &pg,
-        "127.0.0.1",
-        "postgres",
-        &db.name,
-        &format!("sslmode=verify-ca&{ca}"),
-    ))
-    .await;
-    // require without a root certificate encrypts without checking.
-    assert_migrates(&url(
-        &pg,
-        "127.0.0.1",
-        "postgres",
-        &db.name,
-        "sslmode=require",
-    ))
-    .await;
-    // prefer falls back to plaintext when the handshake fails (the superuser may use plaintext).
-    assert_migrates(&url(
-        &pg,
-        "localhost",
-        "postgres",
-        &db.name,
-        &format!("sslmode=prefer&{other}"),
-    ))
-    .await;
+    let cases = [
+        // verify-full by the name on the certificate: the schema owner migrates.
+        ("localhost", format!("sslmode=verify-full&{ca}")),
+        // verify-ca checks the chain, not the name: 127.0.0.1 is fine.
+        ("127.0.0.1", format!("sslmode=verify-ca&{ca}")),
+        // require without a root certificate encrypts without checking.
+        ("127.0.0.1", "sslmode=require".to_owned()),
+        // prefer falls back to plaintext when the handshake fails (the superuser may use
+        // plaintext).
+        ("localhost", format!("sslmode=prefer&{other}")),
+    ];
+    for (host, params) in &cases {
+        assert_migrates(&url(&pg, host, "postgres", &db.name, params)).await;
+    }
     // The key=value form means the same.
     let kv = format!(
         "host=localhost port={} user=postgres dbname={} sslmode=verify-full sslrootcert='{}'",
