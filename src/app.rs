@@ -5,7 +5,8 @@
 use crate::config::{IngestArgs, IngestConfig, MigrateArgs, ScanArgs, SetupArgs};
 use crate::db;
 use crate::ingester::Ingester;
-use crate::pipeline::{AckSummary, Shutdown, shutdown};
+use crate::pipeline::shutdown::{self, Signals};
+use crate::pipeline::{AckSummary, Shutdown};
 use anyhow::Context as _;
 use std::time::Duration;
 
@@ -63,9 +64,14 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<()> {
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<AckSummary> {
     let config = IngestConfig::try_from(args)?;
     let shutdown = Shutdown::new();
-    // Listening before the build, so a signal during it drains (there is
+    // Listening now, before the build, so a signal during it drains (there is
     // nothing to drain yet) instead of killing the process.
-    let signals = tokio::spawn(stop_on_signals(shutdown.clone(), config.shutdown_grace));
+    let signals = Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
+    let signals = tokio::spawn(stop_on_signals(
+        signals,
+        shutdown.clone(),
+        config.shutdown_grace,
+    ));
     let result = match Ingester::build(config).await {
         Ok(ingester) => ingester.run_until_stopped(shutdown).await,
         Err(e) => Err(e),
@@ -77,10 +83,10 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<AckSummary> {
 
 /// The first signal stops the source and, after `grace`, gives up retrying;
 /// the second gives up at once.
-async fn stop_on_signals(shutdown: Shutdown, grace: Duration) {
-    shutdown::signal().await;
+async fn stop_on_signals(mut signals: Signals, shutdown: Shutdown, grace: Duration) {
+    signals.recv().await;
     shutdown.trigger(grace);
-    shutdown::signal().await;
+    signals.recv().await;
     tracing::warn!("second signal: giving up on uncommitted messages now");
     shutdown.abort();
 }
