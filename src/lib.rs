@@ -35,3 +35,4 @@ pub mod pubsub;
 pub mod scan;
 pub mod stages;
 pub mod telemetry;
+pub mod traces;

@@ -13,16 +13,28 @@
 //!   out of the line and keeps the rest as `jsonPayload`.
 //!
 //! `RUST_LOG` filters both (default `info`, with `tokio_postgres` at `warn`).
+//!
+//! With tracing on ([`crate::traces`]), this crate's spans are also exported
+//! through a `tracing-opentelemetry` layer, and json lines inside a recorded
+//! span carry its `trace_id` and `span_id` (the names Cloud Logging and
+//! Grafana's log-to-trace links look for).
 
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_sdk::trace::SdkTracer;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::io::IsTerminal;
+use std::sync::{Arc, OnceLock};
+use tracing::dispatcher::{Dispatch, WeakDispatch};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -42,15 +54,38 @@ const DEFAULT_FILTER: &str = "info,tokio_postgres=warn";
 
 /// Keys the JSON format sets itself; an event field with one of these names
 /// is written as `field_<name>` instead of overwriting it.
-const RESERVED: &[&str] = &["timestamp", "severity", "message", "target", "spans"];
+const RESERVED: &[&str] = &[
+    "timestamp",
+    "severity",
+    "message",
+    "target",
+    "spans",
+    "trace_id",
+    "span_id",
+];
 
 /// Installs the global subscriber writing to stderr (a no-op if one is
-/// already installed, as in tests that run several subcommands).
-pub fn init(format: LogFormat) {
+/// already installed, as in tests that run several subcommands). With
+/// `tracer`, this crate's spans are exported through it as well.
+pub fn init(format: LogFormat, tracer: Option<SdkTracer>) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let terminal = std::io::stderr().is_terminal();
-    let _ = subscriber(format, filter, std::io::stderr, terminal).try_init();
+    let _ = subscriber(format, filter, std::io::stderr, terminal, tracer).try_init();
+}
+
+/// The layer exporting this crate's spans (info and above, whatever
+/// `RUST_LOG` lets through) to `tracer`, if any.
+fn otel<S>(tracer: Option<SdkTracer>) -> Option<impl tracing_subscriber::Layer<S>>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let only_ours = Targets::new().with_target("mini_scan", Level::INFO);
+    tracer.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t)
+            .with_filter(only_ours)
+    })
 }
 
 /// The subscriber for `format`, writing to `writer`. With `terminal` false
@@ -61,23 +96,42 @@ fn subscriber<W>(
     filter: EnvFilter,
     writer: W,
     terminal: bool,
-) -> Box<dyn Subscriber + Send + Sync>
+    tracer: Option<SdkTracer>,
+) -> Dispatch
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    // A `Dispatch` of the concrete type (not a boxed subscriber), so that
+    // `DispatchCell` learns the dispatch the JSON format asks for trace ids.
+    let cell = DispatchCell::default();
+    let json = JsonLines {
+        dispatch: tracer.is_some().then(|| cell.0.clone()),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(cell);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
-        LogFormat::Text if terminal => Box::new(builder.finish()),
-        LogFormat::Text => Box::new(builder.with_ansi(false).finish()),
-        LogFormat::Json => Box::new(
-            builder
-                .with_ansi(false)
-                .fmt_fields(JsonFields::new())
-                .event_format(JsonLines)
-                .finish(),
+        LogFormat::Text if terminal => Dispatch::new(registry.with(fmt).with(otel(tracer))),
+        LogFormat::Text => Dispatch::new(registry.with(fmt.with_ansi(false)).with(otel(tracer))),
+        LogFormat::Json => Dispatch::new(
+            registry
+                .with(
+                    fmt.with_ansi(false)
+                        .fmt_fields(JsonFields::new())
+                        .event_format(json),
+                )
+                .with(otel(tracer)),
         ),
+    }
+}
+
+/// Keeps the dispatch it is registered in, for [`JsonLines`]: inside an event,
+/// the current dispatcher cannot be looked up again.
+#[derive(Clone, Default)]
+struct DispatchCell(Arc<OnceLock<WeakDispatch>>);
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for DispatchCell {
+    fn on_register_dispatch(&self, dispatch: &Dispatch) {
+        let _ = self.0.set(dispatch.downgrade());
     }
 }
 
@@ -138,8 +192,29 @@ fn severity(level: &Level) -> &'static str {
     }
 }
 
-/// Formats each event as one JSON object on one line.
-struct JsonLines;
+/// Formats each event as one JSON object on one line; with tracing on (a
+/// `dispatch` to ask), the ids of the innermost exported span around it too.
+struct JsonLines {
+    dispatch: Option<Arc<OnceLock<WeakDispatch>>>,
+}
+
+impl JsonLines {
+    /// The innermost exported span around the event, as (`trace_id`,
+    /// `span_id`) in hex.
+    fn trace_ids<S>(&self, ctx: &FmtContext<'_, S, JsonFields>) -> Option<(String, String)>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let dispatch = self.dispatch.as_ref()?.get()?.upgrade()?;
+        ctx.event_scope()?.find_map(|span| {
+            let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+            let otel = cx.span();
+            let sc = otel.span_context();
+            sc.is_valid()
+                .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+        })
+    }
+}
 
 impl<S> FormatEvent<S, JsonFields> for JsonLines
 where
@@ -171,6 +246,10 @@ where
                 key
             };
             line.insert(key, value);
+        }
+        if let Some((trace_id, span_id)) = self.trace_ids(ctx) {
+            line.insert("trace_id".into(), trace_id.into());
+            line.insert("span_id".into(), span_id.into());
         }
         if let Some(scope) = ctx.event_scope() {
             let spans: Vec<Value> = scope
@@ -252,8 +331,14 @@ mod tests {
 
     fn capture(format: LogFormat, terminal: bool, log: impl FnOnce()) -> String {
         let buffer = Buffer::default();
-        let subscriber = subscriber(format, EnvFilter::new("debug"), buffer.clone(), terminal);
-        tracing::subscriber::with_default(subscriber, log);
+        let subscriber = subscriber(
+            format,
+            EnvFilter::new("debug"),
+            buffer.clone(),
+            terminal,
+            None,
+        );
+        tracing::dispatcher::with_default(&subscriber, log);
         let bytes = buffer.0.lock().expect("buffer lock").clone();
         String::from_utf8(bytes).expect("utf-8 log output")
     }
@@ -301,6 +386,41 @@ mod tests {
                 {"name": "ingest", "subscription": "scan-sub"},
                 {"name": "batch", "rows": 3},
             ])
+        );
+    }
+
+    #[test]
+    fn with_tracing_on_json_lines_inside_a_span_carry_its_ids() {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let tracer = provider.tracer("test");
+        let buffer = Buffer::default();
+        let subscriber = subscriber(
+            LogFormat::Json,
+            EnvFilter::new("debug"),
+            buffer.clone(),
+            false,
+            Some(tracer),
+        );
+        tracing::dispatcher::with_default(&subscriber, || {
+            tracing::info!("outside");
+            let span = tracing::info_span!("write", rows = 2_u64);
+            let _entered = span.enter();
+            tracing::warn!(trace_id = "mine", "inside");
+        });
+        let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines = lines(&out);
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(!lines[0].contains_key("trace_id"), "no span, no ids: {out}");
+        let inside = &lines[1];
+        let hex = |k: &str, n: usize| {
+            let v = inside[k].as_str().unwrap_or_default();
+            v.len() == n && v.bytes().all(|b| b.is_ascii_hexdigit())
+        };
+        assert!(hex("trace_id", 32) && hex("span_id", 16), "{out}");
+        assert_eq!(
+            inside["field_trace_id"], "mine",
+            "a field never hides a key"
         );
     }
 

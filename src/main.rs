@@ -24,7 +24,6 @@ fn main() -> ExitCode {
         }
     };
     let format = cli.log_format;
-    telemetry::init_logging(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,6 +35,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Inside the runtime: the OTLP gRPC exporter's channel lives on it.
+    let traces = match runtime.block_on(async { telemetry::init_logging(format) }) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("{}", fatal_line(format, &e));
+            return ExitCode::from(2);
+        }
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Migrate(args) => app::migrate(args).await,
@@ -44,6 +51,10 @@ fn main() -> ExitCode {
             Command::Setup(args) => app::setup(args).await,
         }
     });
+    // Spans still buffered are exported while the runtime still runs.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     // The ingester stops its own tasks; this bounds what the client
     // libraries may have left running.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -20,9 +20,23 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Logs go to stderr in `format` (see [`crate::logging`]); `RUST_LOG`
-/// filters them (default `info`).
-pub fn init_logging(format: crate::logging::LogFormat) {
-    crate::logging::init(format);
+/// filters them (default `info`). Spans are exported too when the `OTEL_*`
+/// variables say so ([`crate::traces`]); call this inside the Tokio runtime
+/// and [`crate::traces::Tracing::shutdown`] what it returns before exiting.
+/// An `OTEL_*` value that cannot be used is an error naming it.
+pub fn init_logging(
+    format: crate::logging::LogFormat,
+) -> Result<Option<crate::traces::Tracing>, String> {
+    use crate::traces::{Settings, Tracing};
+    let (tracing, tracer) = match Settings::from_env()? {
+        Some(settings) => {
+            let (tracing, tracer) = Tracing::start(&settings)?;
+            (Some(tracing), Some(tracer))
+        }
+        None => (None, None),
+    };
+    crate::logging::init(format, tracer);
+    Ok(tracing)
 }
 
 /// Whether the ingester's dependencies are up, for `/readyz` and

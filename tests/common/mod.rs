@@ -187,6 +187,7 @@ pub fn binary_command() -> tokio::process::Command {
             || key.starts_with("PUBSUB_")
             || key.starts_with("GOOGLE_")
             || key.starts_with("PG")
+            || key.starts_with("OTEL_")
             || key == "DATABASE_URL"
         {
             cmd.env_remove(key.as_ref());
