@@ -13,6 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::Instrument as _;
 
 const SERVICES: [&str; 3] = ["HTTP", "SSH", "DNS"];
 /// Messages remembered for exact repeats.
@@ -170,6 +171,33 @@ pub struct Published {
 /// batches full at ~100k msg/s, few enough to bound memory.
 const MAX_PENDING: usize = 50_000;
 
+/// With tracing on, a `publish` span for one message (it lasts until the
+/// server accepts the message) and the message carrying its context in the
+/// attributes `googclient_traceparent` and `traceparent`. With it off, the
+/// message as it is and no span.
+fn traced(
+    msg: google_cloud_pubsub::model::Message,
+    topic: &str,
+) -> (google_cloud_pubsub::model::Message, tracing::Span) {
+    use crate::traces::{self, GOOGCLIENT_TRACEPARENT, TRACEPARENT};
+    if !traces::enabled() {
+        return (msg, tracing::Span::none());
+    }
+    let span = tracing::info_span!(
+        "publish",
+        otel.kind = "producer",
+        messaging.system = "gcp_pubsub",
+        messaging.destination.name = topic,
+    );
+    match traces::traceparent(&span) {
+        Some(tp) => (
+            msg.set_attributes([(GOOGCLIENT_TRACEPARENT, tp.clone()), (TRACEPARENT, tp)]),
+            span,
+        ),
+        None => (msg, span),
+    }
+}
+
 /// Publishes messages until `count` is reached or `stop` resolves.
 pub async fn publish(
     args: &ScanArgs,
@@ -214,7 +242,8 @@ pub async fn publish(
             break;
         }
         let msg = google_cloud_pubsub::model::Message::new().set_data(generator.next_message());
-        pending.push(publisher.publish(msg));
+        let (msg, span) = traced(msg, &topic);
+        pending.push(publisher.publish(msg).instrument(span));
         sent += 1;
         while pending.len() >= MAX_PENDING {
             if let Some(r) = pending.next().await {
