@@ -28,8 +28,20 @@ impl<S> Ack<S> {
 }
 
 /// Settles one batch, counting it under the stage `ack` and in
-/// `miniscan_acks_total{kind}` (both labelled by [`Settlement`]).
+/// `miniscan_acks_total{kind}` (both labelled by [`Settlement`]). With tracing
+/// on, inside an `ack` span recording `acked` and `nacked`.
 fn settle_batch<T: Settle, A: Acknowledge>(batch: Vec<Envelope<T, A>>, summary: &mut AckSummary) {
+    let span = if crate::traces::enabled() {
+        tracing::info_span!(
+            "ack",
+            messages = batch.len(),
+            acked = tracing::field::Empty,
+            nacked = tracing::field::Empty
+        )
+    } else {
+        tracing::Span::none()
+    };
+    let _entered = span.enter();
     let mut tally = Tally::new(names::stage::ACK);
     let (mut acked, mut nacked) = (0u64, 0u64);
     for env in batch {
@@ -53,6 +65,8 @@ fn settle_batch<T: Settle, A: Acknowledge>(batch: Vec<Envelope<T, A>>, summary: 
         }
     }
     names::inflight_messages().decrement((acked + nacked) as f64);
+    span.record("acked", acked);
+    span.record("nacked", nacked);
     summary.acked += acked;
     summary.nacked += nacked;
 }

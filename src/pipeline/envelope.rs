@@ -12,6 +12,11 @@ pub trait Acknowledge: Send + 'static {
     fn ack(self);
     /// The message was not handled; the broker should deliver it again.
     fn nack(self);
+    /// The trace context the message was published in, if tracing is on and
+    /// it carried one ([`crate::traces`]).
+    fn trace_context(&self) -> Option<&opentelemetry::trace::SpanContext> {
+        None
+    }
 }
 
 /// A payload travelling together with the handle that acknowledges it.

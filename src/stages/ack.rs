@@ -10,17 +10,38 @@
 
 use crate::pipeline::Acknowledge;
 use google_cloud_pubsub::subscriber::handler::Handler;
+use opentelemetry::trace::SpanContext;
 
 /// Settles one Pub/Sub message. Dropping it unsettled nacks the message.
+///
+/// It also carries the message's trace context, when tracing is on and the
+/// publisher sent one: the handle travels untouched from the source to the
+/// last stage, so the write stage can link its batch span to the messages'
+/// traces without any stage in between knowing. Boxed, so that it costs one
+/// word per message when tracing is off.
 #[derive(Debug)]
-pub struct PubsubAck(pub Handler);
+pub struct PubsubAck {
+    handler: Handler,
+    trace: Option<Box<SpanContext>>,
+}
+
+impl PubsubAck {
+    /// The handle for a message, with its trace context if any.
+    pub fn new(handler: Handler, trace: Option<Box<SpanContext>>) -> Self {
+        Self { handler, trace }
+    }
+}
 
 impl Acknowledge for PubsubAck {
     fn ack(self) {
-        self.0.ack()
+        self.handler.ack()
     }
 
     fn nack(self) {
-        self.0.nack()
+        self.handler.nack()
+    }
+
+    fn trace_context(&self) -> Option<&SpanContext> {
+        self.trace.as_deref()
     }
 }

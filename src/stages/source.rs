@@ -3,7 +3,9 @@
 //! Out: one [`Received`] per delivered message, in an envelope with its
 //! [`PubsubAck`]. Several streaming-pull streams run side by side (the emulator
 //! and the service both cap what one stream delivers), merged into one.
-//! Nothing is acked here.
+//! Nothing is acked here. With tracing on, each message's trace context is
+//! read from its attributes (`googclient_traceparent`, else `traceparent`)
+//! into its ack handle ([`PubsubAck`]); with it off, attributes are not read.
 //!
 //! Memory is bounded by flow control: each stream holds at most
 //! `max_outstanding_messages` / `max_outstanding_bytes` unacked messages, so
@@ -132,8 +134,11 @@ impl PubsubSource {
                         Some(Ok((m, h))) => {
                             src.health.set_subscription(true);
                             backoff.reset();
+                            let trace = crate::traces::enabled()
+                                .then(|| crate::traces::extract(&m.attributes).map(Box::new))
+                                .flatten();
                             return Some((
-                                Envelope::new(received(m), PubsubAck(h)),
+                                Envelope::new(received(m), PubsubAck::new(h, trace)),
                                 (src, current, backoff),
                             ));
                         }

@@ -69,6 +69,7 @@ impl<S: BatchStore> Committer<S> {
     /// connection; `dead` rides with partition 0.
     async fn commit_partitioned(&self, winners: &[&Scan], dead: &[&DeadLetter]) -> Committed {
         let plan = Plan::new(winners.iter().map(|s| &s.key), self.partitions);
+        super::trace::partitions(plan.parts().len());
         let runs = plan
             .gather(winners)
             .into_iter()

@@ -22,6 +22,8 @@
 //!   store with injected failures in its place.
 //! * `verdict`: each message's [`Written`], the dead letters by reason, the
 //!   winners the dedup cache learns.
+//! * `trace`: the batch's `write` span and its links to the messages' traces
+//!   (with tracing on).
 //! * this module: the [`Sink`], its metrics, and teaching the cache.
 //!
 //! Faults:
@@ -55,6 +57,7 @@ mod partition;
 mod retry;
 pub mod sql;
 pub mod store;
+mod trace;
 mod verdict;
 
 #[cfg(test)]
@@ -74,6 +77,7 @@ use retry::Retry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 use verdict::Verdicts;
 
 /// What happened to one message at the write stage.
@@ -202,12 +206,17 @@ impl<S: BatchStore> WriteSink<S> {
         &self,
         batch: Vec<Envelope<Record, A>>,
     ) -> (Vec<Envelope<Written, A>>, Option<JoinHandle<()>>) {
+        let span = trace::batch_span(&batch);
         let verdicts = {
             let layout = Layout::of(batch.iter().map(|e| &e.payload));
             let committer = &self.inner.committer;
-            let (winners, dead) = committer.settle(&layout.winners, &layout.dead).await;
+            let (winners, dead) = committer
+                .settle(&layout.winners, &layout.dead)
+                .instrument(span.clone())
+                .await;
             verdict::decide(&layout.slots, &winners, &dead)
         };
+        trace::settled(&span, &batch, &verdicts.written);
         record(&verdicts, &batch);
         let mut learned = Vec::new();
         let mut learn = verdicts.learn.into_iter();

@@ -27,6 +27,7 @@ use metrics::counter;
 use std::future::Future;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
+use tracing::Instrument as _;
 
 /// SQLSTATE classes that blame the data: 22 data exception (a value the type
 /// rejects), 23 integrity constraint violation (a CHECK), 54 program limit
@@ -104,15 +105,20 @@ impl Retry {
         Fut: Future<Output = Result<T, E>>,
     {
         let mut backoff = Backoff::new(self.initial, self.max);
+        let mut number = 0u32;
         loop {
-            let e = match attempt().await {
+            number += 1;
+            let span = attempt_span(number, rows);
+            let e = match attempt().instrument(span.clone()).await {
                 Ok(done) => {
+                    span.record("outcome", "committed");
                     self.health.set_database(true);
                     return Ok(done);
                 }
                 Err(e) => e,
             };
             let step = step(e.sqlstate(), self.shutdown.is_aborted());
+            failed(&span, step, e.sqlstate());
             let kind = if step == Step::Reject {
                 error_kind::REJECTED
             } else {
@@ -139,6 +145,39 @@ impl Retry {
                 }
             }
         }
+    }
+}
+
+/// With tracing on, the span of one commit attempt (a child of the batch's
+/// `write` span); with it off, none.
+fn attempt_span(attempt: u32, rows: usize) -> tracing::Span {
+    if !crate::traces::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "commit",
+        attempt,
+        rows,
+        outcome = tracing::field::Empty,
+        sqlstate = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// Records a failed attempt on its span: what follows, and the SQLSTATE.
+fn failed(span: &tracing::Span, step: Step, code: Option<&SqlState>) {
+    if span.is_none() {
+        return;
+    }
+    let outcome = match step {
+        Step::Reject => "rejected",
+        Step::GiveUp => "gave_up",
+        Step::Retry => "retry",
+    };
+    span.record("outcome", outcome);
+    span.record("otel.status_code", "ERROR");
+    if let Some(code) = code {
+        span.record("sqlstate", code.code());
     }
 }
 

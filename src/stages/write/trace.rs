@@ -1,0 +1,96 @@
+//! The write stage's spans, with tracing on ([`crate::traces`]).
+//!
+//! One `write` span per batch: `rows` (messages in the batch), `partitions`,
+//! and once settled `stored`, `superseded`, `stale`, `dead_letters`,
+//! `nacked` and `outcome` (`committed`, or `gave_up` when some were nacked).
+//! It links to the trace context each message was published in, at most
+//! [`crate::traces::MAX_LINKS_PER_SPAN`], sampled ones first; each
+//! dead-lettered message adds a `dead_letter` event with its `message_id` and
+//! `reason`. Each commit attempt is a child `commit` span (`attempt`, `rows`,
+//! `outcome`, `sqlstate` on failure; see `retry`).
+//!
+//! With tracing off, [`batch_span`] is `Span::none()` and nothing here looks
+//! at the messages.
+
+use super::Written;
+use super::verdict::REJECTED_BY_DATABASE;
+use crate::pipeline::{Acknowledge, Envelope};
+use crate::stages::Record;
+use crate::traces;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::Status;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// The batch's `write` span, linked to its messages' contexts; `Span::none()`
+/// with tracing off.
+pub(super) fn batch_span<A: Acknowledge>(batch: &[Envelope<Record, A>]) -> Span {
+    if !traces::enabled() {
+        return Span::none();
+    }
+    let span = tracing::info_span!("write", rows = batch.len());
+    let links = traces::pick_links(batch.iter().filter_map(|e| e.ack.trace_context()));
+    span.set_attribute("links", links.len() as i64);
+    for cx in links {
+        span.add_link(cx);
+    }
+    span
+}
+
+/// Records how many partitions the batch was committed in.
+pub(super) fn partitions(parts: usize) {
+    if traces::enabled() {
+        Span::current().set_attribute("partitions", parts as i64);
+    }
+}
+
+/// Records each message's fate on the batch span.
+pub(super) fn settled<A: Acknowledge>(
+    span: &Span,
+    batch: &[Envelope<Record, A>],
+    written: &[Written],
+) {
+    if span.is_none() {
+        return;
+    }
+    let mut counts = [0i64; 5];
+    for (env, w) in batch.iter().zip(written) {
+        counts[*w as usize] += 1;
+        if *w == Written::DeadLetter {
+            dead_letter(span, env);
+        }
+    }
+    let [stored, superseded, stale, dead, nacked] = counts;
+    for (key, n) in [
+        ("stored", stored),
+        ("superseded", superseded),
+        ("stale", stale),
+        ("dead_letters", dead),
+        ("nacked", nacked),
+    ] {
+        span.set_attribute(key, n);
+    }
+    if nacked > 0 {
+        span.set_attribute("outcome", "gave_up");
+        span.set_status(Status::error("some messages were given up and nacked"));
+    } else {
+        span.set_attribute("outcome", "committed");
+    }
+}
+
+/// A `dead_letter` event for one message, with its trace id if it had one.
+fn dead_letter<A: Acknowledge>(span: &Span, env: &Envelope<Record, A>) {
+    let (message_id, reason) = match &env.payload {
+        Record::Dead(d) => (d.message_id.clone(), d.reason),
+        Record::Scan(s) => (s.order.message_id.clone(), REJECTED_BY_DATABASE),
+        Record::Stale => return,
+    };
+    let mut attributes = vec![
+        KeyValue::new("message_id", message_id),
+        KeyValue::new("reason", reason),
+    ];
+    if let Some(cx) = env.ack.trace_context() {
+        attributes.push(KeyValue::new("message.trace_id", cx.trace_id().to_string()));
+    }
+    span.add_event("dead_letter", attributes);
+}
