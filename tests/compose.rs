@@ -319,6 +319,63 @@ fn compose_grafana_finds_its_provisioning_dashboard_and_datasource() {
     );
 }
 
+/// The scanner's and the ingester's `OTEL_*` settings are accepted by
+/// mini-scan's own parser and point at the compose service that receives OTLP
+/// gRPC there; Grafana's Jaeger datasource reads that service's query port;
+/// the write-latency panel links to the ingester's `write` spans in it.
+#[test]
+fn compose_traces_go_to_jaeger_and_grafana_reads_them() {
+    let doc = compose();
+    let services = services(&doc);
+    let jaeger = services.get("jaeger").expect("a jaeger service");
+    let args = str_list(&jaeger["command"]).join(" ");
+    let mut names = Vec::new();
+    for name in ["scanner", "ingester"] {
+        let env: std::collections::HashMap<String, String> =
+            environment(&services[name]).into_iter().collect();
+        let settings = mini_scan::traces::Settings::from_lookup(|k| env.get(k).cloned())
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .unwrap_or_else(|| panic!("{name}: tracing is off"));
+        assert_eq!(
+            settings.protocol,
+            mini_scan::traces::Protocol::Grpc,
+            "{name}"
+        );
+        let host_port = settings.endpoint.trim_start_matches("http://");
+        let (host, port) = host_port.split_once(':').expect("host:port");
+        assert_eq!(host, "jaeger", "{name} sends spans to another host");
+        assert!(
+            args.contains(&format!(
+                "receivers.otlp.protocols.grpc.endpoint=0.0.0.0:{port}"
+            )),
+            "jaeger does not listen for OTLP gRPC on {port}: {args}"
+        );
+        names.push(settings.service_name);
+    }
+    let datasources = yaml("grafana/provisioning/datasources/jaeger.yml");
+    let ds = &datasources["datasources"][0];
+    assert_eq!(ds["type"], "jaeger");
+    assert_eq!(ds["url"], "http://jaeger:16686");
+    assert!(
+        str_list(&jaeger["ports"])
+            .iter()
+            .any(|p| p.ends_with(":16686")),
+        "jaeger's UI is not published"
+    );
+    let dashboard = json(stack::DASHBOARD);
+    let latency = panels(&dashboard)
+        .into_iter()
+        .find(|p| p["title"] == "Write latency")
+        .expect("a Write latency panel");
+    let url = latency["links"][0]["url"].as_str().unwrap_or_default();
+    let uid = ds["uid"].as_str().expect("a fixed uid");
+    assert!(url.contains(uid), "the panel links elsewhere: {url}");
+    assert!(
+        url.contains(names[1].as_str()),
+        "not the ingester's service: {url}"
+    );
+}
+
 #[test]
 fn dockerfile_final_stage_runs_mini_scan_as_non_root() {
     let instructions = dockerfile();
