@@ -40,8 +40,16 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.keep(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Receiver {
+    /// Keeps the spans of one export request.
+    fn keep(&self, request: ExportTraceServiceRequest) {
         let mut spans = self.0.lock().expect("receiver lock");
-        for rs in request.into_inner().resource_spans {
+        for rs in request.resource_spans {
             let service = rs
                 .resource
                 .as_ref()
@@ -54,11 +62,8 @@ impl TraceService for Receiver {
                 });
             }
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
-}
 
-impl Receiver {
     /// Serves OTLP gRPC on a free local port; returns its endpoint URL.
     async fn serve(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -72,6 +77,35 @@ impl Receiver {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
                 .expect("the OTLP receiver failed");
+        });
+        format!("http://{addr}")
+    }
+
+    /// Serves OTLP protobuf over HTTP (`POST /v1/traces`) on a free local
+    /// port; returns its base URL.
+    async fn serve_http(&self) -> String {
+        use prost::Message as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the OTLP/HTTP receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                let request = ExportTraceServiceRequest::decode(body)
+                    .expect("an OTLP protobuf export request");
+                me.keep(request);
+                (
+                    [("content-type", "application/x-protobuf")],
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
+            }),
+        );
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("the OTLP/HTTP receiver failed")
         });
         format!("http://{addr}")
     }
@@ -222,6 +256,39 @@ async fn a_published_message_is_a_link_on_the_batch_span_that_wrote_it() {
         .filter_map(|a| attr(&a.attributes, "acked")?.parse::<i64>().ok())
         .sum();
     assert_eq!(acked, i64::from(MESSAGES), "ack spans count every ack");
+}
+
+/// Over `http/protobuf` too: each published message carries its publish
+/// span's context in `googclient_traceparent` and `traceparent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scanner_exports_over_http_protobuf_and_puts_the_context_in_the_attributes() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.serve_http().await;
+    let ctx = TestContext::new().await;
+    let tap = ctx.tap().await;
+    let mut env = otel_env(&endpoint, "scanner");
+    env[1].1 = "http/protobuf".to_owned();
+    let mut scan = binary_command();
+    scan.args(["scan", "--topic", &ctx.topic, "--rate", "0", "--count", "5"])
+        .env("PUBSUB_EMULATOR_HOST", &ctx.pubsub.host)
+        .env("PUBSUB_PROJECT_ID", common::PROJECT)
+        .envs(env);
+    run_to_completion(scan, Duration::from_secs(120), "mini-scan scan").await;
+
+    let publishes: HashSet<String> = receiver
+        .spans()
+        .iter()
+        .filter(|r| r.service == "scanner" && r.span.name == "publish")
+        .map(|r| format!("00-{}-{}-01", hex(&r.span.trace_id), hex(&r.span.span_id)))
+        .collect();
+    assert_eq!(publishes.len(), 5, "{publishes:?}");
+    let pulled = ctx.pubsub.drain(&tap).await;
+    assert_eq!(pulled.len(), 5);
+    for m in pulled {
+        let tp = &m.attributes["traceparent"];
+        assert_eq!(&m.attributes["googclient_traceparent"], tp);
+        assert!(publishes.contains(tp), "{tp} is no publish span's context");
+    }
 }
 
 /// Prints the ingester's traces (a `write` span and its `commit` children,

@@ -52,6 +52,8 @@ pub struct Received {
     /// The publish time in Unix microseconds (the emulator has millisecond precision).
     pub publish_time_us: i64,
     pub data: Vec<u8>,
+    /// The message's attributes.
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// A REST client for the emulator, on project `test-project`.
@@ -187,6 +189,12 @@ impl PubSub {
                     data: BASE64
                         .decode(message["data"].as_str().unwrap_or(""))
                         .expect("the emulator sent invalid base64"),
+                    attributes: message["attributes"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect(),
                 }
             })
             .collect()

@@ -10,7 +10,7 @@
 //! `outcome`, `sqlstate` on failure; see `retry`).
 //!
 //! With tracing off, [`batch_span`] is `Span::none()` and nothing here looks
-//! at the messages.
+//! at the messages; with it on, neither for a batch span the sampler drops.
 
 use super::Written;
 use super::verdict::REJECTED_BY_DATABASE;
@@ -18,7 +18,7 @@ use crate::pipeline::{Acknowledge, Envelope};
 use crate::stages::Record;
 use crate::traces;
 use opentelemetry::KeyValue;
-use opentelemetry::trace::Status;
+use opentelemetry::trace::{Status, TraceContextExt as _};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -29,12 +29,21 @@ pub(super) fn batch_span<A: Acknowledge>(batch: &[Envelope<Record, A>]) -> Span 
         return Span::none();
     }
     let span = tracing::info_span!("write", rows = batch.len());
+    if !sampled(&span) {
+        return span;
+    }
     let links = traces::pick_links(batch.iter().filter_map(|e| e.ack.trace_context()));
     span.set_attribute("links", links.len() as i64);
     for cx in links {
         span.add_link(cx);
     }
     span
+}
+
+/// Whether the span is exported: at 1% sampling most batch spans are not, and
+/// then their links, counts and events are not worth computing.
+fn sampled(span: &Span) -> bool {
+    span.context().span().span_context().is_sampled()
 }
 
 /// Records how many partitions the batch was committed in.
@@ -50,7 +59,7 @@ pub(super) fn settled<A: Acknowledge>(
     batch: &[Envelope<Record, A>],
     written: &[Written],
 ) {
-    if span.is_none() {
+    if span.is_none() || !sampled(span) {
         return;
     }
     let mut counts = [0i64; 5];
