@@ -9,6 +9,13 @@
 //!   as `Ingester::run_until_stopped` (`src/ingester/mod.rs`), on a
 //!   current-thread runtime. `overhead_no_cache` is the same with a
 //!   zero-capacity dedup cache.
+//! * `tracing/off`, `tracing/on_1pct`: the same pipeline under the production
+//!   log subscriber (json, `info`, into a sink), with tracing off, and on at
+//!   1% sampling (`traceidratio` 0.01, a null exporter): each message carries
+//!   a `googclient_traceparent` (1% of them sampled) that is read into its
+//!   ack handle as the Pub/Sub source does, and the sink is a null sink with
+//!   the write stage's real batch span, links and counts
+//!   (`stages::write::trace`). `off` must match `pipeline/overhead`.
 //!
 //! Every figure is CPU time of the benchmarking thread (`CLOCK_THREAD_CPUTIME_ID`),
 //! not wall time, so other work on the machine inflates it less; throughput is
@@ -18,6 +25,7 @@
 mod support;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mini_scan::logging::{self, LogFormat};
 use mini_scan::pipeline::{
     Acknowledge, BatchPipelineExt, Envelope, PipelineExt, SettleExt, Sink, Transform,
 };
@@ -25,13 +33,20 @@ use mini_scan::scan::{GenConfig, Generator};
 use mini_scan::stages::decode::{Decode, decode};
 use mini_scan::stages::dedup::{CommittedOrders, Dedup};
 use mini_scan::stages::write::Written;
+use mini_scan::stages::write::trace;
 use mini_scan::stages::{Order, Received, Record, Scan};
 use mini_scan::telemetry::names::stage;
+use mini_scan::traces;
+use opentelemetry::trace::SpanContext;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{Sampler, SpanData, SpanExporter};
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use support::thread_cpu;
+use tracing_subscriber::EnvFilter;
 
 /// An ack handle that counts acks and nacks.
 #[derive(Debug)]
@@ -260,9 +275,144 @@ fn bench_pipeline(c: &mut Criterion) {
     g.finish();
 }
 
+/// An ack handle that counts acks and carries the message's trace context,
+/// as `PubsubAck` does.
+#[derive(Debug)]
+struct TracedAck(Arc<AtomicU64>, Option<Box<SpanContext>>);
+
+impl Acknowledge for TracedAck {
+    fn ack(self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn nack(self) {
+        self.0.fetch_add(1 << 32, Ordering::Relaxed);
+    }
+    fn trace_context(&self) -> Option<&SpanContext> {
+        self.1.as_deref()
+    }
+}
+
+/// [`NullSink`] inside the write stage's batch span.
+#[derive(Clone, Copy, Debug)]
+struct TracedNullSink;
+
+impl<A: Acknowledge> Sink<A> for TracedNullSink {
+    type In = Record;
+    type Out = Written;
+
+    fn name(&self) -> &'static str {
+        stage::WRITE
+    }
+
+    async fn write(&self, batch: Vec<Envelope<Record, A>>) -> Vec<Envelope<Written, A>> {
+        let span = trace::batch_span(&batch);
+        let written: Vec<Written> = batch
+            .iter()
+            .map(|env| match env.payload {
+                Record::Scan(_) => Written::Stored,
+                Record::Stale => Written::Stale,
+                Record::Dead(_) => Written::DeadLetter,
+            })
+            .collect();
+        trace::settled(&span, &batch, &written);
+        batch
+            .into_iter()
+            .zip(written)
+            .map(|(env, w)| env.map(|_| w))
+            .collect()
+    }
+}
+
+/// Discards spans.
+#[derive(Debug)]
+struct NullExporter;
+
+impl SpanExporter for NullExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        black_box(batch);
+        Ok(())
+    }
+}
+
+/// Each message's attributes: a `googclient_traceparent`, 1 in 100 sampled.
+fn attributes(n: usize) -> Vec<HashMap<String, String>> {
+    (0..n)
+        .map(|i| {
+            let flags = if i % 100 == 0 { "01" } else { "00" };
+            let tp = format!("00-{:032x}-{:016x}-{flags}", i + 1, i + 1);
+            HashMap::from([(traces::GOOGCLIENT_TRACEPARENT.to_owned(), tp)])
+        })
+        .collect()
+}
+
+fn bench_tracing(c: &mut Criterion) {
+    const N: usize = 10_000;
+    let _ = mini_scan::telemetry::install_metrics();
+    let msgs = messages(N);
+    let attrs = attributes(N);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let acks = Arc::new(AtomicU64::new(0));
+    let orders = CommittedOrders::new(200_000);
+    let mut g = c.benchmark_group("tracing");
+    g.throughput(Throughput::Elements(N as u64));
+    g.sample_size(30);
+    for label in ["off", "on_1pct"] {
+        let on = label != "off";
+        let (tracing, tracer) = if on {
+            let sampler = Sampler::TraceIdRatioBased(0.01);
+            let (t, tracer) = traces::Tracing::with_exporter(NullExporter, sampler, "bench");
+            (Some(t), Some(tracer))
+        } else {
+            (None, None)
+        };
+        let filter = EnvFilter::new("info");
+        let dispatch = logging::subscriber(LogFormat::Json, filter, std::io::sink, false, tracer);
+        g.bench_function(label, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let batch: Vec<_> = msgs.iter().cloned().zip(attrs.iter().cloned()).collect();
+                    let acks = acks.clone();
+                    let dedup = Dedup::new(orders.clone());
+                    let started = thread_cpu();
+                    let summary = tracing::dispatcher::with_default(&dispatch, || {
+                        rt.block_on(async move {
+                            // What the Pub/Sub source does per message.
+                            let envs = batch.into_iter().map(move |(m, a)| {
+                                let trace = traces::enabled()
+                                    .then(|| traces::extract(&a).map(Box::new))
+                                    .flatten();
+                                Envelope::new(m, TracedAck(acks.clone(), trace))
+                            });
+                            futures::stream::iter(envs)
+                                .source(stage::SOURCE)
+                                .transform(Decode)
+                                .transform(dedup)
+                                .batch(stage::BATCH, 1000, Duration::from_millis(100))
+                                .write(TracedNullSink, 2)
+                                .ack()
+                                .await
+                        })
+                    });
+                    total += thread_cpu() - started;
+                    assert_eq!(summary.acked, N as u64);
+                }
+                total
+            })
+        });
+        if let Some(t) = tracing {
+            t.shutdown();
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
-    targets = bench_decode, bench_dedup, bench_pipeline
+    targets = bench_decode, bench_dedup, bench_pipeline, bench_tracing
 }
 criterion_main!(benches);

@@ -91,7 +91,7 @@ where
 /// The subscriber for `format`, writing to `writer`. With `terminal` false
 /// text lines carry no colour; with it true, colour follows tracing's default,
 /// which honours `NO_COLOR`.
-fn subscriber<W>(
+pub fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
     writer: W,

@@ -139,6 +139,22 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The SDK's sampler for these settings.
+    pub fn sampler(&self) -> Sampler {
+        let root = match self.sampler {
+            SamplerKind::AlwaysOn => Sampler::AlwaysOn,
+            SamplerKind::AlwaysOff => Sampler::AlwaysOff,
+            SamplerKind::Ratio(r) => Sampler::TraceIdRatioBased(r),
+        };
+        if self.parent_based {
+            Sampler::ParentBased(Box::new(root))
+        } else {
+            root
+        }
+    }
+}
+
 /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
 fn sampler(get: &impl Fn(&str) -> Option<String>) -> Result<(SamplerKind, bool), String> {
     let name = get("OTEL_TRACES_SAMPLER").unwrap_or_else(|| "parentbased_always_on".into());
@@ -180,32 +196,24 @@ impl Tracing {
     /// Starts exporting as `settings` say (inside a Tokio runtime, for gRPC)
     /// and turns [`enabled`] on. Returns the tracer for the `tracing` layer.
     pub fn start(settings: &Settings) -> Result<(Self, SdkTracer), String> {
-        let builder = opentelemetry_otlp::SpanExporter::builder();
-        let exporter = match settings.protocol {
-            Protocol::Grpc => builder
-                .with_tonic()
-                .with_endpoint(settings.endpoint.clone())
-                .with_timeout(Duration::from_secs(10))
-                .build(),
-            Protocol::HttpProtobuf => builder
-                .with_http()
-                .with_endpoint(settings.endpoint.clone())
-                .with_timeout(Duration::from_secs(10))
-                .build(),
-        }
-        .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the exporter: {e}"))?;
-        let root = match settings.sampler {
-            SamplerKind::AlwaysOn => Sampler::AlwaysOn,
-            SamplerKind::AlwaysOff => Sampler::AlwaysOff,
-            SamplerKind::Ratio(r) => Sampler::TraceIdRatioBased(r),
-        };
-        let sampler = if settings.parent_based {
-            Sampler::ParentBased(Box::new(root))
-        } else {
-            root
-        };
+        let exporter = otlp(settings)?;
+        Ok(Self::with_exporter(
+            exporter,
+            settings.sampler(),
+            &settings.service_name,
+        ))
+    }
+
+    /// Starts exporting to `exporter` (batched, on the SDK's own thread),
+    /// sampling as `sampler` says, and turns [`enabled`] on. [`Tracing::start`]
+    /// passes the OTLP exporter; `benches/pipeline.rs` a null one.
+    pub fn with_exporter(
+        exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static,
+        sampler: Sampler,
+        service_name: &str,
+    ) -> (Self, SdkTracer) {
         let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(settings.service_name.clone())
+            .with_service_name(service_name.to_owned())
             .build();
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
@@ -215,7 +223,7 @@ impl Tracing {
             .build();
         let tracer = provider.tracer("mini-scan");
         ENABLED.store(true, Ordering::Relaxed);
-        Ok((Self { provider }, tracer))
+        (Self { provider }, tracer)
     }
 
     /// Exports what is buffered and stops.
@@ -225,6 +233,25 @@ impl Tracing {
             eprintln!("mini-scan: cannot flush traces: {e}");
         }
     }
+}
+
+/// The OTLP exporter `settings` ask for.
+fn otlp(settings: &Settings) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let timeout = Duration::from_secs(10);
+    match settings.protocol {
+        Protocol::Grpc => builder
+            .with_tonic()
+            .with_endpoint(settings.endpoint.clone())
+            .with_timeout(timeout)
+            .build(),
+        Protocol::HttpProtobuf => builder
+            .with_http()
+            .with_endpoint(settings.endpoint.clone())
+            .with_timeout(timeout)
+            .build(),
+    }
+    .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the exporter: {e}"))
 }
 
 /// The W3C `traceparent` of `span` (a `tracing` span), if it is recorded.

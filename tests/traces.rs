@@ -291,6 +291,40 @@ async fn the_scanner_exports_over_http_protobuf_and_puts_the_context_in_the_attr
     }
 }
 
+/// A bad `OTEL_*` value stops start-up with one line naming the variable.
+#[tokio::test]
+async fn a_bad_otel_value_stops_start_up_with_one_line_naming_it() {
+    let cases = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+    ];
+    for (var, value) in cases {
+        let mut cmd = binary_command();
+        cmd.args([
+            "ingest",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none",
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_TRACES_SAMPLER", "traceidratio")
+        .env(var, value)
+        .stdin(std::process::Stdio::null());
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .expect("mini-scan ingest exits at once")
+            .expect("run mini-scan");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{var}={value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{var}=")),
+            "{var}={value}: {stderr}"
+        );
+    }
+}
+
 /// Prints the ingester's traces (a `write` span and its `commit` children,
 /// the `ack` spans) and the scanner's traces its first write span links to.
 fn print_tree(spans: &[Received]) {

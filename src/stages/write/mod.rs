@@ -57,7 +57,7 @@ mod partition;
 mod retry;
 pub mod sql;
 pub mod store;
-mod trace;
+pub mod trace;
 mod verdict;
 
 #[cfg(test)]

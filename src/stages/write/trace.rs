@@ -11,6 +11,8 @@
 //!
 //! With tracing off, [`batch_span`] is `Span::none()` and nothing here looks
 //! at the messages; with it on, neither for a batch span the sampler drops.
+//!
+//! Public for `benches/pipeline.rs`, which measures this cost.
 
 use super::Written;
 use super::verdict::REJECTED_BY_DATABASE;
@@ -24,7 +26,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The batch's `write` span, linked to its messages' contexts; `Span::none()`
 /// with tracing off.
-pub(super) fn batch_span<A: Acknowledge>(batch: &[Envelope<Record, A>]) -> Span {
+pub fn batch_span<A: Acknowledge>(batch: &[Envelope<Record, A>]) -> Span {
     if !traces::enabled() {
         return Span::none();
     }
@@ -47,18 +49,14 @@ fn sampled(span: &Span) -> bool {
 }
 
 /// Records how many partitions the batch was committed in.
-pub(super) fn partitions(parts: usize) {
+pub fn partitions(parts: usize) {
     if traces::enabled() {
         Span::current().set_attribute("partitions", parts as i64);
     }
 }
 
 /// Records each message's fate on the batch span.
-pub(super) fn settled<A: Acknowledge>(
-    span: &Span,
-    batch: &[Envelope<Record, A>],
-    written: &[Written],
-) {
+pub fn settled<A: Acknowledge>(span: &Span, batch: &[Envelope<Record, A>], written: &[Written]) {
     if span.is_none() || !sampled(span) {
         return;
     }
