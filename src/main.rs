@@ -51,8 +51,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("{}", fatal_line(format, &chain.join(": ")));
+            let chain = mini_scan::error::Chain(e.as_ref()).to_string();
+            eprintln!("{}", fatal_line(format, &chain));
             ExitCode::FAILURE
         }
     }
