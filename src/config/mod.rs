@@ -10,10 +10,13 @@
 //!   [`IngestConfig`], the validated settings the [`Ingester`](crate::ingester::Ingester)
 //!   is built from (benches and tests construct it directly).
 //! * [`scan`]: [`ScanArgs`] and [`SetupArgs`].
+//! * [`dead_letters`]: [`DeadLettersArgs`], `stats`, `replay` and `purge`.
 
+pub mod dead_letters;
 pub mod ingest;
 pub mod scan;
 
+pub use dead_letters::{DeadLettersArgs, DeadLettersCommand};
 pub use ingest::{IngestArgs, IngestConfig, defaults};
 pub use scan::{ScanArgs, SetupArgs};
 
@@ -47,6 +50,9 @@ pub enum Command {
     Scan(ScanArgs),
     /// Create the topic and subscription if they do not exist (idempotent).
     Setup(SetupArgs),
+    /// See, replay and purge the messages that could not be stored (run as
+    /// the schema owner: the ingest role may not delete them).
+    DeadLetters(DeadLettersArgs),
 }
 
 /// Where the database is.
@@ -130,24 +136,30 @@ pub fn one_line_error(err: &clap::Error) -> String {
     let mut msg = parts.join(" ");
     // Name the env var next to the flag it belongs to.
     let cmd = Cli::command();
-    for sub in cmd.get_subcommands() {
-        for arg in sub.get_arguments() {
-            if let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) {
-                let flag = format!("--{long} <");
-                if let Some(at) = msg.find(&flag) {
-                    if let Some(end) = msg[at..].find('>') {
-                        let span = at..at + end + 1;
-                        msg.replace_range(
-                            span,
-                            &format!("--{long} (env {})", env.to_string_lossy()),
-                        );
-                    }
-                    return msg;
+    for arg in all_arguments(&cmd) {
+        if let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) {
+            let flag = format!("--{long} <");
+            if let Some(at) = msg.find(&flag) {
+                if let Some(end) = msg[at..].find('>') {
+                    let span = at..at + end + 1;
+                    msg.replace_range(span, &format!("--{long} (env {})", env.to_string_lossy()));
                 }
+                return msg;
             }
         }
     }
     msg
+}
+
+/// The arguments of every subcommand, nested ones (`dead-letters replay`)
+/// included.
+fn all_arguments(cmd: &clap::Command) -> Vec<&clap::Arg> {
+    let mut args: Vec<&clap::Arg> = Vec::new();
+    for sub in cmd.get_subcommands() {
+        args.extend(sub.get_arguments());
+        args.extend(all_arguments(sub));
+    }
+    args
 }
 
 #[cfg(test)]
