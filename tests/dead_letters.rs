@@ -354,16 +354,17 @@ async fn many(db: &TestDb, keys: u16, per_key: usize) -> (Vec<Stored>, Vec<Store
     (decodable, table)
 }
 
-#[tokio::test]
-async fn a_killed_replay_leaves_every_batch_whole_and_a_rerun_converges() {
-    let db = migrated().await;
-    let (decodable, table) = many(&db, 60, 4).await;
-    let mut cmd = command(
-        &db,
-        &["replay", "--batch-size", "1", "--progress-secs", "0"],
-    );
+/// Starts a replay of one dead letter per batch with a progress line after each, and returns once
+/// the first line is out (a batch is committed), with the rest of stderr collected meanwhile.
+async fn replay_until_progress(
+    db: &TestDb,
+    extra: &[&str],
+) -> (tokio::process::Child, tokio::task::JoinHandle<Vec<String>>) {
+    let mut args = vec!["replay", "--batch-size", "1", "--progress-secs", "0"];
+    args.extend(extra);
+    let mut cmd = command(db, &args);
     cmd.stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null());
+        .stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     while let Some(line) = lines.next_line().await.unwrap() {
@@ -371,6 +372,56 @@ async fn a_killed_replay_leaves_every_batch_whole_and_a_rerun_converges() {
             break;
         }
     }
+    let rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(line);
+        }
+        rest
+    });
+    (child, rest)
+}
+
+#[tokio::test]
+async fn sigint_stops_a_replay_between_batches_and_says_so_in_one_line() {
+    let db = migrated().await;
+    let (decodable, table) = many(&db, 60, 4).await;
+    let (child, stderr) = replay_until_progress(&db, &["--json"]).await;
+    let pid = i32::try_from(child.id().unwrap()).unwrap();
+    // SAFETY: signalling a child this test started and has not reaped.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = stderr.await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr:#?}");
+    let last = stderr.last().unwrap();
+    assert!(
+        last.starts_with("mini-scan: interrupted after"),
+        "{stderr:#?}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["interrupted"], true);
+    let left = letters(&db).await.len() as u64;
+    let replayed = report["total"]["stored"].as_u64().unwrap()
+        + report["total"]["superseded"].as_u64().unwrap();
+    assert_eq!(
+        left,
+        (decodable.len() + MALFORMED.len()) as u64 - replayed,
+        "the report counts what was committed"
+    );
+    assert!(replayed < decodable.len() as u64, "stopped before the end");
+
+    run(&db, &["replay"]).await;
+    assert_eq!(
+        stored_rows(&db).await,
+        newest(table.into_iter().chain(decodable))
+    );
+}
+
+#[tokio::test]
+async fn a_killed_replay_leaves_every_batch_whole_and_a_rerun_converges() {
+    let db = migrated().await;
+    let (decodable, table) = many(&db, 60, 4).await;
+    let (mut child, _stderr) = replay_until_progress(&db, &[]).await;
     child.start_kill().unwrap();
     let status = child.wait().await.unwrap();
     assert!(!status.success(), "killed before the end: {status}");

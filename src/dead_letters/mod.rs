@@ -60,6 +60,23 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Worth another attempt at the batch: no connection or no answer, or
+    /// the server rolled the transaction back (class 40: deadlock,
+    /// serialization failure), lost or refused the connection (08, 53) or
+    /// is shutting down or cancelled the statement (57). Anything else (a
+    /// missing table or privilege, a bug) would fail the same way again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Pool(_) => true,
+            Error::Db(e) => e
+                .code()
+                .is_none_or(|c| matches!(c.code().get(..2), Some("40" | "08" | "53" | "57"))),
+            Error::Unsettled(_) | Error::Privileges { .. } => false,
+        }
+    }
+}
+
 /// Which dead letters a run takes.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {

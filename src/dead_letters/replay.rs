@@ -17,8 +17,9 @@
 //!    detail of those that still fail, and commit.
 //!
 //! Killed at any point, a batch either committed whole or left no trace, so
-//! a re-run converges. A transient failure (connection lost, deadlock) is
-//! retried a few times, then the run stops with the error. `--dry-run` runs
+//! a re-run converges. A transient failure (connection lost, deadlock,
+//! [`Error::is_transient`]) is retried a few times, then the run stops with
+//! the error; any other stops it at once. `--dry-run` runs
 //! every batch the same way without taking locks on `dead_letters`, and
 //! rolls it back.
 
@@ -117,6 +118,22 @@ pub struct ReplaySummary {
     pub still_failing_now: BTreeMap<String, u64>,
 }
 
+impl ReplaySummary {
+    fn add(&mut self, old_reason: &str, fate: &Fate) {
+        self.total.add(fate);
+        self.by_reason
+            .entry(old_reason.to_owned())
+            .or_default()
+            .add(fate);
+        if let Fate::StillFailing { reason, .. } = fate {
+            *self
+                .still_failing_now
+                .entry((*reason).to_owned())
+                .or_default() += 1;
+        }
+    }
+}
+
 /// Replays the dead letters `options` picks, batch by batch, until none is
 /// left or `stop` is cancelled (checked between batches).
 pub async fn replay(
@@ -144,18 +161,7 @@ pub async fn replay(
         after = batch.last_id.clone();
         summary.batches += 1;
         for (old_reason, fate) in &batch.fates {
-            summary.total.add(fate);
-            summary
-                .by_reason
-                .entry(old_reason.clone())
-                .or_default()
-                .add(fate);
-            if let Fate::StillFailing { reason, .. } = fate {
-                *summary
-                    .still_failing_now
-                    .entry((*reason).to_owned())
-                    .or_default() += 1;
-            }
+            summary.add(old_reason, fate);
         }
         if last_line.elapsed() >= options.progress_every {
             last_line = Instant::now();
@@ -199,7 +205,7 @@ async fn with_retries(
             Err(e) => Err(Error::Pool(e)),
         };
         match result {
-            Err(e @ (Error::Db(_) | Error::Pool(_))) if attempt < ATTEMPTS => {
+            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
                 tracing::warn!(attempt, error = %Chain(&e), "replay batch failed; retrying");
             }
             other => return other,

@@ -38,12 +38,24 @@ pub fn stats_table(stats: &Stats) -> String {
         t.add_row(vec![
             g.reason.clone(),
             g.count.to_string(),
-            g.oldest.clone().unwrap_or_else(|| "-".into()),
-            g.newest.clone().unwrap_or_else(|| "-".into()),
+            to_seconds(g.oldest.as_deref()),
+            to_seconds(g.newest.as_deref()),
             g.payload_bytes.to_string(),
         ]);
     }
     t.to_string()
+}
+
+/// An RFC 3339 time without its fraction of a second (tables are for
+/// people; the JSON keeps the microseconds), or `-`.
+fn to_seconds(time: Option<&str>) -> String {
+    match time {
+        Some(t) => match (t.find('.'), t.rfind('Z')) {
+            (Some(dot), Some(z)) if dot < z => format!("{}{}", &t[..dot], &t[z..]),
+            _ => t.to_owned(),
+        },
+        None => "-".to_owned(),
+    }
 }
 
 /// `replay` as a table by the reason each dead letter had, the total, and
@@ -199,6 +211,19 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn tables_show_whole_seconds() {
+        assert_eq!(
+            to_seconds(Some("2026-11-29T10:18:09.350471Z")),
+            "2026-11-29T10:18:09Z"
+        );
+        assert_eq!(
+            to_seconds(Some("2026-11-29T10:18:09Z")),
+            "2026-11-29T10:18:09Z"
+        );
+        assert_eq!(to_seconds(None), "-");
     }
 
     #[test]
