@@ -714,3 +714,55 @@ async fn the_ingest_role_is_told_in_one_line_to_use_the_owner() {
         .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
         .await;
 }
+
+#[tokio::test]
+async fn a_replay_while_an_ingester_writes_the_same_keys_converges_to_newest_wins() {
+    use rand::seq::SliceRandom as _;
+    let ctx = common::TestContext::new().await;
+    let mut rng = common::scans::seeded_rng("dead-letters-with-ingester");
+    let (mut dead, mut published, mut all) = (Vec::new(), Vec::new(), Vec::new());
+    for k in 0..50u16 {
+        // Eight distinct timestamps per key, four replayed and four published, in a random split.
+        let mut ts: Vec<i64> = (0..100).collect();
+        ts.shuffle(&mut rng);
+        for (i, &t) in ts[..8].iter().enumerate() {
+            let scan = Scan::new(
+                "198.51.100.77",
+                2000 + k,
+                "HTTP",
+                T + t,
+                format!("k{k} t{t}"),
+            );
+            if i < 4 {
+                let id = format!("old-{k:02}-{i}");
+                dead.push(letter(&id, "rejected_by_database", &scan, true, P).0);
+            } else {
+                published.push(scan.either_version(&mut rng));
+            }
+            all.push(scan);
+        }
+    }
+    published.shuffle(&mut rng);
+    insert_letters(&ctx.db, &dead).await;
+    let ingester = ctx
+        .start_ingester(&[("MINISCAN_BATCH_MAX_ROWS", "20")])
+        .await;
+    let (_, report) = tokio::join!(
+        ctx.publish(&published),
+        run(&ctx.db, &["replay", "--json", "--batch-size", "5"])
+    );
+    assert_eq!(report["total"]["seen"], dead.len());
+    common::wait_until(
+        Duration::from_secs(60),
+        "every published scan acked",
+        async || {
+            ingester.assert_running();
+            ingester.acks().await >= published.len() as u64
+        },
+    )
+    .await;
+    ingester.stop().await;
+    let expected = common::scans::expected_table(&all);
+    common::scans::compare_tables(&ctx.table().await, &expected).unwrap();
+    assert_eq!(ctx.db.count_dead_letters().await, 0);
+}
