@@ -1,15 +1,15 @@
 //! `mini-scan dead-letters`: see, replay and purge the messages the ingester
 //! could not store (`dead_letters`, each with its exact payload and reason).
 //!
-//! * [`stats`]: counts by reason, oldest and newest, payload bytes.
-//! * [`replay`]: each payload through today's decoder; what now decodes is
+//! * [`stats`](mod@stats): counts by reason, oldest and newest, payload bytes.
+//! * [`replay`](mod@replay): each payload through today's decoder; what now decodes is
 //!   written through the ingester's own newest-wins upsert and its dead
 //!   letter deleted, in one transaction per batch; what still fails stays,
 //!   its reason and detail refreshed. Batches are taken by keyset
 //!   pagination on `message_id` with `FOR UPDATE SKIP LOCKED`, so ingesters
 //!   and another replay may run meanwhile. The pure core that decides each
 //!   dead letter's fate is `fate`.
-//! * [`purge`]: deletes dead letters older than a duration, in batches.
+//! * [`purge`](mod@purge): deletes dead letters older than a duration, in batches.
 //! * [`report`]: the tables, the JSON, and the metrics file
 //!   (`--metrics-file`) these one-shot commands leave for node_exporter.
 //!

@@ -8,11 +8,11 @@
 //!    (keyset pagination), `FOR UPDATE SKIP LOCKED`: a batch another replay
 //!    holds is skipped (that replay settles it), and ingesters, which only
 //!    insert dead letters, never wait on one;
-//! 2. decide their fates ([`super::fate`]) and upsert the winners with the
+//! 2. decide their fates (`fate`) and upsert the winners with the
 //!    ingester's own statements ([`sql::upsert`]), each attempt under a
 //!    savepoint so that rows the database rejects for their data (SQLSTATE
 //!    classes 22, 23, 54) are bisected out exactly as the write stage does
-//!    ([`isolate`]);
+//!    (`isolate`);
 //! 3. delete the dead letters that were replayed, refresh the reason and
 //!    detail of those that still fail, and commit.
 //!
