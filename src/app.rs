@@ -9,7 +9,8 @@ use crate::config::{
 use crate::db;
 use crate::dead_letters::{self as dl, Filter, PurgeOptions, ReplayOptions, report};
 use crate::ingester::Ingester;
-use crate::pipeline::{AckSummary, Shutdown, shutdown};
+use crate::pipeline::shutdown::{self, Signals};
+use crate::pipeline::{AckSummary, Shutdown};
 use anyhow::Context as _;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -68,9 +69,14 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<()> {
 pub async fn ingest(args: IngestArgs) -> anyhow::Result<AckSummary> {
     let config = IngestConfig::try_from(args)?;
     let shutdown = Shutdown::new();
-    // Listening before the build, so a signal during it drains (there is
+    // Listening now, before the build, so a signal during it drains (there is
     // nothing to drain yet) instead of killing the process.
-    let signals = tokio::spawn(stop_on_signals(shutdown.clone(), config.shutdown_grace));
+    let signals = Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
+    let signals = tokio::spawn(stop_on_signals(
+        signals,
+        shutdown.clone(),
+        config.shutdown_grace,
+    ));
     let result = match Ingester::build(config).await {
         Ok(ingester) => ingester.run_until_stopped(shutdown).await,
         Err(e) => Err(e),
@@ -82,10 +88,10 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<AckSummary> {
 
 /// The first signal stops the source and, after `grace`, gives up retrying;
 /// the second gives up at once.
-async fn stop_on_signals(shutdown: Shutdown, grace: Duration) {
-    shutdown::signal().await;
+async fn stop_on_signals(mut signals: Signals, shutdown: Shutdown, grace: Duration) {
+    signals.recv().await;
     shutdown.trigger(grace);
-    shutdown::signal().await;
+    signals.recv().await;
     tracing::warn!("second signal: giving up on uncommitted messages now");
     shutdown.abort();
 }
@@ -129,7 +135,7 @@ async fn dead_letters_replay(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let summary = until_signal(|stop| async move { dl::replay(&pool, &options, &stop).await })
-        .await
+        .await?
         .context("cannot replay the dead letters")?;
     let t = &summary.total;
     tracing::info!(
@@ -171,7 +177,7 @@ async fn dead_letters_purge(args: PurgeArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let summary = until_signal(|stop| async move { dl::purge(&pool, &options, &stop).await })
-        .await
+        .await?
         .context("cannot purge the dead letters")?;
     tracing::info!(
         purged = summary.purged,
@@ -194,22 +200,24 @@ async fn dead_letters_purge(args: PurgeArgs) -> anyhow::Result<()> {
 
 /// Runs `work` with a token that SIGTERM/SIGINT cancels: the work stops
 /// between two transactions.
-async fn until_signal<T, F, Fut>(work: F) -> T
+async fn until_signal<T, F, Fut>(work: F) -> anyhow::Result<T>
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = T>,
 {
+    let mut signals = Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
     let stop = CancellationToken::new();
-    let signals = tokio::spawn({
+    let listener = tokio::spawn({
         let stop = stop.clone();
         async move {
-            shutdown::signal().await;
+            signals.recv().await;
+            tracing::info!("signal received: stopping after the batch in flight");
             stop.cancel();
         }
     });
     let out = work(stop).await;
-    signals.abort();
-    out
+    listener.abort();
+    Ok(out)
 }
 
 /// Prints a report on stdout: JSON for scripts, or the table.

@@ -82,6 +82,53 @@ where
 }
 
 /// Cloud Logging's severity for a tracing level.
+/// The last line of a failed run, for stderr: `mini-scan: <error>` in the
+/// text format, one JSON object with severity `ERROR` in the json format (so a
+/// log collector parses it like every other line). Line breaks inside the
+/// error, such as a database's DETAIL and HINT lines, are folded into spaces:
+/// it is always one line. Written directly, not through the subscriber, so
+/// `RUST_LOG` cannot hide it.
+pub fn fatal_line(format: LogFormat, error: &str) -> String {
+    let error = error
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    match format {
+        LogFormat::Text => format!("mini-scan: {error}"),
+        LogFormat::Json => {
+            let mut timestamp = String::new();
+            let _ = SystemTime.format_time(&mut Writer::new(&mut timestamp));
+            serde_json::json!({
+                "timestamp": timestamp,
+                "severity": "ERROR",
+                "message": format!("mini-scan: {error}"),
+                "target": "mini_scan",
+            })
+            .to_string()
+        }
+    }
+}
+
+/// The log format asked for on a command line that may not parse: the last
+/// `--log-format` among `args` (`--log-format json` or `--log-format=json`),
+/// else `env` (the value of `MINISCAN_LOG_FORMAT`), else text. Lets a
+/// command-line error be reported in the format the operator asked for.
+pub fn requested_format<I: IntoIterator<Item = String>>(args: I, env: Option<&str>) -> LogFormat {
+    let parse = |v: &str| <LogFormat as clap::ValueEnum>::from_str(v, true).ok();
+    let mut found = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--log-format" {
+            found = args.next().as_deref().and_then(parse).or(found);
+        } else if let Some(v) = arg.strip_prefix("--log-format=") {
+            found = parse(v).or(found);
+        }
+    }
+    found.or_else(|| env.and_then(parse)).unwrap_or_default()
+}
+
 fn severity(level: &Level) -> &'static str {
     match *level {
         Level::ERROR => "ERROR",
@@ -286,5 +333,54 @@ mod tests {
         );
         let json = capture(LogFormat::Json, true, log);
         assert!(!json.contains('\u{1b}'), "ANSI escape in JSON: {json:?}");
+    }
+
+    #[test]
+    fn the_fatal_line_is_one_line_in_either_format() {
+        let error =
+            "cannot apply the schema: db error: ERROR: boom\nDETAIL:  a detail\n  HINT: a hint\n";
+        let text = fatal_line(LogFormat::Text, error);
+        assert_eq!(
+            text,
+            "mini-scan: cannot apply the schema: db error: ERROR: boom DETAIL:  a detail HINT: a hint"
+        );
+        let json = fatal_line(LogFormat::Json, error);
+        assert!(!json.contains('\n'), "{json}");
+        let value: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["severity"], "ERROR");
+        assert_eq!(value["message"], text.as_str());
+        assert!(
+            value["timestamp"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn the_requested_format_is_read_from_a_command_line_that_may_not_parse() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            requested_format(args(&["ingest", "--bogus"]), None),
+            LogFormat::Text
+        );
+        assert_eq!(
+            requested_format(args(&["ingest"]), Some("json")),
+            LogFormat::Json
+        );
+        assert_eq!(
+            requested_format(args(&["--log-format", "json", "ingest", "--bogus"]), None),
+            LogFormat::Json
+        );
+        assert_eq!(
+            requested_format(args(&["ingest", "--log-format=text"]), Some("json")),
+            LogFormat::Text,
+            "the flag wins over the variable"
+        );
+        assert_eq!(
+            requested_format(args(&["--log-format", "yaml"]), Some("json")),
+            LogFormat::Json,
+            "an invalid flag value falls back to the variable"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use mini_scan::config::{Cli, Command, one_line_error};
+use mini_scan::logging::{fatal_line, requested_format};
 use mini_scan::{app, telemetry};
 use std::process::ExitCode;
 
@@ -14,18 +15,24 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("mini-scan: {}", one_line_error(&e));
+            let format = requested_format(
+                std::env::args().skip(1),
+                std::env::var("MINISCAN_LOG_FORMAT").ok().as_deref(),
+            );
+            eprintln!("{}", fatal_line(format, &one_line_error(&e)));
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(cli.log_format);
+    let format = cli.log_format;
+    telemetry::init_logging(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mini-scan: cannot start the async runtime: {e}");
+            let error = format!("cannot start the async runtime: {e}");
+            eprintln!("{}", fatal_line(format, &error));
             return ExitCode::FAILURE;
         }
     };
@@ -45,8 +52,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("mini-scan: {}", chain.join(": "));
+            let chain = mini_scan::error::Chain(e.as_ref()).to_string();
+            eprintln!("{}", fatal_line(format, &chain));
             ExitCode::FAILURE
         }
     }

@@ -18,7 +18,9 @@ use mini_scan::telemetry::names::{
 };
 use serde_json::json;
 
-use common::scans::{compare_tables, expected_table, generate, seeded_rng};
+use common::scans::{
+    compare_tables, expected_table, generate, poisoned_batch, seeded_rng, unindexable_scan,
+};
 use common::{Ingester, PubSub, Scan, TestContext, TestDb, wait_until};
 
 /// Processing a few thousand messages takes seconds; the margin is for a busy two-core machine.
@@ -646,18 +648,8 @@ async fn scan_command_output_is_ingested() {
 /// payload, and every other message of the batch is stored.
 #[tokio::test]
 async fn a_row_the_database_rejects_is_isolated_and_the_rest_of_its_batch_commits() {
-    use rand::Rng as _;
     let ctx = TestContext::new().await;
-    let mut rng = seeded_rng("poison");
-    // Random letters do not compress, so the index entry stays far above btree's ~2.7 kB limit.
-    let huge_service: String = (0..10_000)
-        .map(|_| rng.random_range(b'a'..=b'z') as char)
-        .collect();
-    let poison = Scan::new("203.0.113.7", 80, &huge_service, T0, "boom").v2();
-    let mut payloads: Vec<Vec<u8>> = (0..40u16)
-        .map(|i| Scan::new("203.0.113.8", 1000 + i, "HTTP", T0, format!("ok {i}")).v1())
-        .collect();
-    payloads.insert(17, poison.clone());
+    let (payloads, poison) = poisoned_batch("poison");
     // One batch: everything arrives before it may leave.
     ingest(
         &ctx,
@@ -674,14 +666,7 @@ async fn a_row_the_database_rejects_is_isolated_and_the_rest_of_its_batch_commit
         40,
         "the good rows of the batch are stored"
     );
-    let dead = ctx.db.dead_letters().await;
-    assert_eq!(dead.len(), 1, "{dead:#?}");
-    assert_eq!(dead[0].reason, Reason::RejectedByDatabase.as_str());
-    assert!(dead[0].detail.starts_with("54000"), "{}", dead[0].detail);
-    assert_eq!(
-        dead[0].payload, poison,
-        "the dead letter keeps the exact payload"
-    );
+    ctx.db.assert_only_dead_letter_is_rejected(&poison).await;
 }
 
 /// A rejected row in a batch large enough to be split into key partitions (more than 1000
@@ -745,11 +730,7 @@ async fn a_rejected_row_in_a_partitioned_batch_is_isolated_and_every_other_messa
         "messages left unacknowledged"
     );
     assert_eq!(ctx.db.count_rows().await, i64::from(KEYS));
-    let dead = ctx.db.dead_letters().await;
-    assert_eq!(dead.len(), 1, "{dead:#?}");
-    assert_eq!(dead[0].reason, "rejected_by_database");
-    assert!(dead[0].detail.starts_with("54000"), "{}", dead[0].detail);
-    assert_eq!(dead[0].payload, poison);
+    ctx.db.assert_only_dead_letter_is_rejected(&poison).await;
 }
 
 /// `stored` and `superseded` are per message: with the dedup cache off, a second round in which
@@ -788,17 +769,6 @@ async fn a_batch_of_newer_and_older_scans_is_counted_stored_and_superseded_per_m
     assert_eq!(table.len(), usize::from(KEYS));
     let newer = table.values().filter(|(ts, _)| *ts == T0 + 10).count();
     assert_eq!(newer, usize::from(KEYS / 2));
-}
-
-/// A v2 message whose service name is too long for the primary key's btree index (SQLSTATE
-/// 54000): random letters do not compress, so the entry stays far above btree's ~2.7 kB limit.
-fn unindexable_scan(seed: &str) -> Vec<u8> {
-    use rand::Rng as _;
-    let mut rng = seeded_rng(seed);
-    let huge_service: String = (0..10_000)
-        .map(|_| rng.random_range(b'a'..=b'z') as char)
-        .collect();
-    Scan::new("203.0.113.7", 80, &huge_service, T0, "boom").v2()
 }
 
 /// `miniscan_messages_total{stage="write",outcome}` on a `/metrics` page.

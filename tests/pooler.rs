@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::provision::PgBouncer;
-use common::scans::{compare_tables, expected_table, generate, seeded_rng};
+use common::scans::{compare_tables, expected_table, generate, poisoned_batch, seeded_rng};
 use common::{DedicatedPostgres, Ingester, Scan, TestContext, wait_until};
 
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -135,17 +135,8 @@ async fn dead_letters_are_written_through_a_transaction_mode_pooler() {
 /// failed transactions roll back on their server connection, the rest of the batch commits.
 #[tokio::test]
 async fn a_rejected_row_is_isolated_through_a_transaction_mode_pooler() {
-    use rand::Rng as _;
     let world = Pooled::start(2).await;
-    let mut rng = seeded_rng("pooler poison");
-    let huge_service: String = (0..10_000)
-        .map(|_| rng.random_range(b'a'..=b'z') as char)
-        .collect();
-    let poison = Scan::new("203.0.113.7", 80, &huge_service, T0, "boom").v2();
-    let mut payloads: Vec<Vec<u8>> = (0..40u16)
-        .map(|i| Scan::new("203.0.113.8", 1000 + i, "HTTP", T0, format!("ok {i}")).v1())
-        .collect();
-    payloads.insert(17, poison.clone());
+    let (payloads, poison) = poisoned_batch("pooler poison");
     world.ctx.publish(&payloads).await;
     let ingester = world
         .ingester(&[
@@ -156,11 +147,11 @@ async fn a_rejected_row_is_isolated_through_a_transaction_mode_pooler() {
     wait_for_acks(&[&ingester], payloads.len() as u64).await;
     ingester.stop().await;
     assert_eq!(world.ctx.db.count_rows().await, 40);
-    let dead = world.ctx.db.dead_letters().await;
-    assert_eq!(dead.len(), 1, "{dead:#?}");
-    assert_eq!(dead[0].reason, "rejected_by_database");
-    assert!(dead[0].detail.starts_with("54000"), "{}", dead[0].detail);
-    assert_eq!(dead[0].payload, poison);
+    world
+        .ctx
+        .db
+        .assert_only_dead_letter_is_rejected(&poison)
+        .await;
 }
 
 /// Three ingesters (four connections each) share one pgbouncer pool of two server connections:

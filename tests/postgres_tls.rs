@@ -2,6 +2,10 @@
 //! made at test time, `hostssl` rules that reject plaintext, and the real binary. Every failure
 //! mode is asserted by its one line; a distinctive password must appear nowhere; the ingest role
 //! made by `migrate --grant-ingest-to` ingests over verify-full and can do nothing else.
+//!
+//! Longer than our usual 400 lines: every test here shares the same few helpers (the TLS
+//! cluster, the URLs with the password, `migrate` and its one-line failures), and one binary
+//! keeps CI from linking another.
 
 mod common;
 #[path = "common/tls.rs"]
@@ -12,6 +16,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::{DedicatedPostgres, TestContext, TestDb, binary_command, wait_until};
+use mini_scan::telemetry::names;
 use tls::{CERT_USER, HBA, Pki, enable_tls, port};
 
 /// The ingest role's password: distinctive, so that finding it in any output is a leak.
@@ -110,42 +115,20 @@ async fn sslmodes_connect_as_libpq_does() {
     let (pg, db) = tls_cluster(&pki).await;
     let ca = root(&pki.ca);
     let other = root(&pki.other_ca);
-    // verify-full by the name on the certificate: the schema owner migrates.
-    assert_migrates(&url(
-        &pg,
-        "localhost",
-        "postgres",
-        &db.name,
-        &format!("sslmode=verify-full&{ca}"),
-    ))
-    .await;
-    // verify-ca checks the chain, not the name: 127.0.0.1 is fine.
-    assert_migrates(&url(
-        &pg,
-        "127.0.0.1",
-        "postgres",
-        &db.name,
-        &format!("sslmode=verify-ca&{ca}"),
-    ))
-    .await;
-    // require without a root certificate encrypts without checking.
-    assert_migrates(&url(
-        &pg,
-        "127.0.0.1",
-        "postgres",
-        &db.name,
-        "sslmode=require",
-    ))
-    .await;
-    // prefer falls back to plaintext when the handshake fails (the superuser may use plaintext).
-    assert_migrates(&url(
-        &pg,
-        "localhost",
-        "postgres",
-        &db.name,
-        &format!("sslmode=prefer&{other}"),
-    ))
-    .await;
+    let cases = [
+        // verify-full by the name on the certificate: the schema owner migrates.
+        ("localhost", format!("sslmode=verify-full&{ca}")),
+        // verify-ca checks the chain, not the name: 127.0.0.1 is fine.
+        ("127.0.0.1", format!("sslmode=verify-ca&{ca}")),
+        // require without a root certificate encrypts without checking.
+        ("127.0.0.1", "sslmode=require".to_owned()),
+        // prefer falls back to plaintext when the handshake fails (the superuser may use
+        // plaintext).
+        ("localhost", format!("sslmode=prefer&{other}")),
+    ];
+    for (host, params) in &cases {
+        assert_migrates(&url(&pg, host, "postgres", &db.name, params)).await;
+    }
     // The key=value form means the same.
     let kv = format!(
         "host=localhost port={} user=postgres dbname={} sslmode=verify-full sslrootcert='{}'",
@@ -349,35 +332,169 @@ async fn the_password_is_never_printed() {
     assert!(!text(&out).contains(PASSWORD), "--help leaked the password");
 }
 
+/// Fails if `text` shows the password, as text or as the bytes a careless `{:?}` of a config
+/// would print.
+fn assert_no_password(what: &str, text: &str) {
+    let bytes = format!("{:?}", PASSWORD.as_bytes());
+    let bytes = bytes.trim_matches(['[', ']']);
+    assert!(
+        !text.contains(PASSWORD) && !text.contains(bytes),
+        "{what} shows the password:\n{text}"
+    );
+}
+
+/// A dedicated TLS cluster with a migrated database whose ingest role was granted by
+/// `migrate --grant-ingest-to` (twice: granting is idempotent); returns the ingest role's URL
+/// (verify-full, with the password).
+async fn granted_tls_context(pki: &Pki) -> (DedicatedPostgres, TestContext, String) {
+    let pg = DedicatedPostgres::start_new().await;
+    let ctx = TestContext::on_dedicated(&pg).await;
+    create_roles(&ctx.db).await;
+    enable_tls(&pg, pki, HBA).await;
+    let tls = format!("sslmode=verify-full&{}", root(&pki.ca));
+    let owner = url(&pg, "localhost", "postgres", &ctx.db.name, &tls);
+    for _ in 0..2 {
+        let out = migrate(&owner, &["--grant-ingest-to", INGEST_ROLE], "info").await;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let ingest_url = url(&pg, "localhost", INGEST_ROLE, &ctx.db.name, &tls);
+    (pg, ctx, ingest_url)
+}
+
+/// Publishes `n` scans (seeded by `seed`) and waits until the table holds them.
+async fn ingest_scans(ctx: &TestContext, seed: &str, n: usize) {
+    let mut rng = common::scans::seeded_rng(seed);
+    let scans: Vec<common::Scan> = common::scans::generate(&mut rng, n, 1);
+    let payloads: Vec<Vec<u8>> = scans.iter().map(|s| s.either_version(&mut rng)).collect();
+    ctx.publish(&payloads).await;
+    let expected = common::scans::expected_table(&scans);
+    wait_until(Duration::from_secs(120), "the scans", async || {
+        common::scans::compare_tables(&ctx.table().await, &expected)
+    })
+    .await;
+}
+
+/// The database dropped under running ingesters (their sessions terminated, then `DROP DATABASE
+/// ... WITH (FORCE)`), one logging text and one json, both at debug level: each reports the
+/// database down (`/readyz`, `miniscan_up`, a log line saying why), and the password shows in none
+/// of their logs, `/metrics` or `/readyz`.
+#[tokio::test]
+async fn a_database_dropped_mid_run_never_shows_the_password() {
+    let pki = Pki::new();
+    let (pg, ctx, ingest_url) = granted_tls_context(&pki).await;
+    let mut ingesters = Vec::new();
+    for format in ["text", "json"] {
+        let env = [
+            ("DATABASE_URL", ingest_url.as_str()),
+            ("RUST_LOG", "debug"),
+            ("MINISCAN_LOG_FORMAT", format),
+            ("MINISCAN_RETRY_MAX_MS", "500"),
+            ("MINISCAN_SHUTDOWN_GRACE_SECS", "1"),
+        ];
+        ingesters.push((format, ctx.start_ingester(&env).await));
+    }
+    ingest_scans(&ctx, "dropped-before", 10).await;
+
+    let admin = common::postgres::connect(&pg.admin_url())
+        .await
+        .expect("connect to the dedicated cluster");
+    // Two statements apart: DROP DATABASE refuses to run in a transaction block.
+    for sql in [
+        format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            ctx.db.name
+        ),
+        format!("DROP DATABASE \"{}\" WITH (FORCE)", ctx.db.name),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("`{sql}`: {e}"));
+    }
+    // Messages to write into the void: the write path fails and retries too.
+    let mut rng = common::scans::seeded_rng("dropped-after");
+    let scans: Vec<common::Scan> = common::scans::generate(&mut rng, 10, 1);
+    ctx.publish(
+        &scans
+            .iter()
+            .map(|s| s.either_version(&mut rng))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+
+    let gone = format!("database \"{}\" does not exist", ctx.db.name);
+    for (format, ingester) in &ingesters {
+        let what = format!("the {format} ingester to report the database gone");
+        wait_until(Duration::from_secs(60), &what, async || {
+            ingester.assert_running();
+            let ready = readyz(&ingester.metrics_addr).await;
+            let up = ingester
+                .metric(
+                    names::UP,
+                    &[(names::label::COMPONENT, names::component::DATABASE)],
+                )
+                .await;
+            let said = logged(&ingester.log(), &gone);
+            let down = ready.0 == 503 && ready.1.contains(names::component::DATABASE);
+            if down && up == 0.0 && said {
+                Ok(())
+            } else {
+                Err(format!(
+                    "/readyz {ready:?}, miniscan_up {up}, `{gone}` logged: {said}"
+                ))
+            }
+        })
+        .await;
+        assert_no_password(&format!("{format}: /metrics"), &ingester.metrics().await);
+        let (_, body) = readyz(&ingester.metrics_addr).await;
+        assert_no_password(&format!("{format}: /readyz"), &body);
+    }
+    for (format, ingester) in &ingesters {
+        ingester.terminate();
+        ingester.wait_exit(common::ingester::SHUTDOWN_TIMEOUT).await;
+        let log = ingester.log();
+        if *format == "json" {
+            for line in log.lines() {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("not a json line ({e}): {line}"));
+            }
+        }
+        assert!(
+            log.lines().count() > 20,
+            "{format}: debug logging is off:\n{log}"
+        );
+        assert_no_password(&format!("{format}: the log"), &log);
+    }
+}
+
+/// Whether a line of `log` (text, or json whose fields are unescaped first) contains `needle`.
+fn logged(log: &str, needle: &str) -> bool {
+    log.lines().any(
+        |line| match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(serde_json::Value::Object(fields)) => fields
+                .values()
+                .any(|v| v.as_str().is_some_and(|s| s.contains(needle))),
+            _ => line.contains(needle),
+        },
+    )
+}
+
+/// `/readyz`'s status and body.
+async fn readyz(addr: &str) -> (u16, String) {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    match http.get(format!("http://{addr}/readyz")).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
 /// The ingest role, granted by `migrate --grant-ingest-to`, ingests over verify-full (scans and a
 /// dead letter) and cannot delete, truncate, drop or create anything.
 #[tokio::test]
 async fn the_ingest_role_ingests_over_tls_and_can_do_nothing_else() {
     let pki = Pki::new();
-    let pg = DedicatedPostgres::start_new().await;
-    let ctx = TestContext::on_dedicated(&pg).await;
-    create_roles(&ctx.db).await;
-    enable_tls(&pg, &pki, HBA).await;
-    let ca = root(&pki.ca);
-    let owner = url(
-        &pg,
-        "localhost",
-        "postgres",
-        &ctx.db.name,
-        &format!("sslmode=verify-full&{ca}"),
-    );
-    for _ in 0..2 {
-        // Twice: granting is idempotent.
-        let out = migrate(&owner, &["--grant-ingest-to", INGEST_ROLE], "info").await;
-        assert!(out.status.success(), "{}", text(&out));
-    }
-    let ingest_url = url(
-        &pg,
-        "localhost",
-        INGEST_ROLE,
-        &ctx.db.name,
-        &format!("sslmode=verify-full&{ca}"),
-    );
+    let (_pg, ctx, ingest_url) = granted_tls_context(&pki).await;
     let ingester = ctx
         .start_ingester(&[("DATABASE_URL", ingest_url.as_str()), ("RUST_LOG", "debug")])
         .await;
@@ -400,15 +517,9 @@ async fn the_ingest_role_ingests_over_tls_and_can_do_nothing_else() {
         },
     )
     .await;
-    assert!(
-        !ingester.metrics().await.contains(PASSWORD),
-        "/metrics shows the password"
-    );
+    assert_no_password("/metrics", &ingester.metrics().await);
     ingester.stop().await;
-    assert!(
-        !ingester.log().contains(PASSWORD),
-        "the ingester's log shows the password"
-    );
+    assert_no_password("the ingester's log", &ingester.log());
     assert_least_privilege(&ingest_url).await;
 }
 

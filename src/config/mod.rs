@@ -134,18 +134,21 @@ pub fn one_line_error(err: &clap::Error) -> String {
         }
     }
     let mut msg = parts.join(" ");
-    // Name the env var next to the flag it belongs to.
+    // Name the env var next to the flag it belongs to: the global flags and
+    // every subcommand's.
     let cmd = Cli::command();
-    for arg in all_arguments(&cmd) {
-        if let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) {
-            let flag = format!("--{long} <");
-            if let Some(at) = msg.find(&flag) {
-                if let Some(end) = msg[at..].find('>') {
-                    let span = at..at + end + 1;
-                    msg.replace_range(span, &format!("--{long} (env {})", env.to_string_lossy()));
-                }
-                return msg;
+    let args = cmd.get_arguments().chain(all_arguments(&cmd));
+    for arg in args {
+        let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+            continue;
+        };
+        let flag = format!("--{long} <");
+        if let Some(at) = msg.find(&flag) {
+            if let Some(end) = msg[at..].find('>') {
+                let span = at..at + end + 1;
+                msg.replace_range(span, &format!("--{long} (env {})", env.to_string_lossy()));
             }
+            return msg;
         }
     }
     msg
@@ -182,6 +185,24 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
         assert!(
             line.contains("--batch-max-rows (env MINISCAN_BATCH_MAX_ROWS)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_bad_global_flag_names_its_env_too() {
+        let err = Cli::try_parse_from([
+            "mini-scan",
+            "--log-format",
+            "yaml",
+            "migrate",
+            "--database-url",
+            "postgres://x",
+        ])
+        .unwrap_err();
+        let line = one_line_error(&err);
+        assert!(
+            line.contains("--log-format (env MINISCAN_LOG_FORMAT)"),
             "{line}"
         );
     }

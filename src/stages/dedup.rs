@@ -150,25 +150,11 @@ impl Transform for Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::Scan;
     use DedupOutcome::{Pass, Stale};
 
+    /// A scan of one fixed key at `ts`.
     fn scan(ts: i64, id: &str) -> Record {
-        Record::Scan(Scan {
-            key: ScanKey {
-                ip: "1.2.3.4".parse().unwrap(),
-                port: 80,
-                service: "HTTP".into(),
-            },
-            order: Order {
-                timestamp: ts,
-                published_micros: 0,
-                message_id: id.into(),
-            },
-            response: String::new(),
-            response_raw: None,
-            payload: Default::default(),
-        })
+        Record::Scan(crate::stages::fixtures::scan(0, ts, id))
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod ack;
 pub mod batch;
 pub mod decode;
 pub mod dedup;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod source;
 pub mod write;
 

@@ -222,6 +222,19 @@ impl TestDb {
             .get(0)
     }
 
+    /// Asserts that `dead_letters` holds exactly one row: `payload`, rejected by the database
+    /// with SQLSTATE 54000 (see [`super::scans::unindexable_scan`]).
+    pub async fn assert_only_dead_letter_is_rejected(&self, payload: &[u8]) {
+        let dead = self.dead_letters().await;
+        assert_eq!(dead.len(), 1, "{dead:#?}");
+        assert_eq!(dead[0].reason, "rejected_by_database");
+        assert!(dead[0].detail.starts_with("54000"), "{}", dead[0].detail);
+        assert_eq!(
+            dead[0].payload, payload,
+            "the dead letter keeps the exact payload"
+        );
+    }
+
     /// Every row of `dead_letters`, ordered by message id.
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {
         let client = self.client().await;

@@ -163,6 +163,37 @@ pub fn compare_tables(actual: &Table, expected: &Table) -> Result<(), String> {
     Err(out)
 }
 
+/// A v2 message whose service name is too long for the primary key's btree index (SQLSTATE
+/// 54000): random letters do not compress, so the entry stays far above btree's ~2.7 kB limit.
+pub fn unindexable_scan(seed: &str) -> Vec<u8> {
+    let mut rng = seeded_rng(seed);
+    let huge_service: String = (0..10_000)
+        .map(|_| rng.random_range(b'a'..=b'z') as char)
+        .collect();
+    Scan::new("203.0.113.7", 80, &huge_service, 1_700_000_000, "boom").v2()
+}
+
+/// One batch's worth of payloads: 40 valid scans of distinct keys with the
+/// [`unindexable_scan`] inserted at position 17 (the bisection has to find it
+/// in the middle). Returns the payloads and the poison payload.
+pub fn poisoned_batch(seed: &str) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let poison = unindexable_scan(seed);
+    let mut payloads: Vec<Vec<u8>> = (0..40u16)
+        .map(|i| {
+            Scan::new(
+                "203.0.113.8",
+                1000 + i,
+                "HTTP",
+                1_700_000_000,
+                format!("ok {i}"),
+            )
+            .v1()
+        })
+        .collect();
+    payloads.insert(17, poison.clone());
+    (payloads, poison)
+}
+
 /// A seeded generator, printing the seed so a failure can be replayed with `MINISCAN_TEST_SEED`.
 pub fn seeded_rng(test: &str) -> StdRng {
     let seed = std::env::var("MINISCAN_TEST_SEED")

@@ -81,7 +81,7 @@ impl<'a> Layout<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::write::tests::{dead_letter, scan};
+    use crate::stages::fixtures::{dead_letter, scan};
     use proptest::prelude::*;
 
     #[test]

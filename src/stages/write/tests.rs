@@ -5,40 +5,10 @@
 
 use super::store::Injected;
 use super::*;
+use crate::stages::fixtures::{dead_letter, scan};
 use crate::stages::{DeadLetter, Order, ScanKey};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-
-/// A scan of key `key` (an address and port derived from it) at `ts`.
-pub(crate) fn scan(key: u16, ts: i64, id: &str) -> Scan {
-    let [hi, lo] = key.to_be_bytes();
-    Scan {
-        key: ScanKey {
-            ip: std::net::IpAddr::from([10, 0, hi, lo]),
-            port: 80,
-            service: "HTTP".into(),
-        },
-        order: Order {
-            timestamp: ts,
-            published_micros: 0,
-            message_id: id.into(),
-        },
-        response: format!("{ts}/{id}"),
-        response_raw: None,
-        payload: Default::default(),
-    }
-}
-
-/// A malformed message's dead letter.
-pub(crate) fn dead_letter(id: &str) -> DeadLetter {
-    DeadLetter {
-        message_id: id.into(),
-        reason: "invalid_json",
-        detail: "not JSON".into(),
-        payload: Default::default(),
-        published_micros: 0,
-    }
-}
 
 /// What the fake store is told to do.
 #[derive(Debug, Default)]
