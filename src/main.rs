@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             Command::Ingest(args) => app::ingest(args).await.map(|_| ()),
             Command::Scan(args) => app::scan(args).await,
             Command::Setup(args) => app::setup(args).await,
+            Command::DeadLetters(args) => app::dead_letters(args).await,
         }
     });
     // The ingester stops its own tasks; this bounds what the client
