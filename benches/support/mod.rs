@@ -70,6 +70,16 @@ impl Postgres {
     }
 }
 
+/// Runs a database bench on a two-worker multi-threaded runtime (one per
+/// core here; `block_in_place` in [`Postgres::start`] needs more than one).
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
 /// A fresh Pub/Sub emulator, killed when the handle drops.
 pub struct Emulator(provision::Emulator);
 
