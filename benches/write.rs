@@ -499,12 +499,7 @@ async fn run(
 }
 
 fn main() -> anyhow::Result<()> {
-    let o = options()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(bench(o))
+    support::block_on(bench(options()?))
 }
 
 async fn bench(o: Options) -> anyhow::Result<()> {

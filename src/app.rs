@@ -2,13 +2,18 @@
 //! these. The ingester itself lives in [`crate::ingester`]; [`ingest`] adds
 //! validation of its flags and signal handling.
 
-use crate::config::{IngestArgs, IngestConfig, MigrateArgs, ScanArgs, SetupArgs};
+use crate::config::dead_letters::{PurgeArgs, ReplayArgs, StatsArgs};
+use crate::config::{
+    DeadLettersArgs, DeadLettersCommand, IngestArgs, IngestConfig, MigrateArgs, ScanArgs, SetupArgs,
+};
 use crate::db;
+use crate::dead_letters::{self as dl, Filter, PurgeOptions, ReplayOptions, report};
 use crate::ingester::Ingester;
 use crate::pipeline::shutdown::{self, Signals};
 use crate::pipeline::{AckSummary, Shutdown};
 use anyhow::Context as _;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
 
 /// `mini-scan migrate`.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
@@ -89,4 +94,143 @@ async fn stop_on_signals(mut signals: Signals, shutdown: Shutdown, grace: Durati
     signals.recv().await;
     tracing::warn!("second signal: giving up on uncommitted messages now");
     shutdown.abort();
+}
+
+/// `mini-scan dead-letters stats | replay | purge`.
+pub async fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<()> {
+    match args.command {
+        DeadLettersCommand::Stats(args) => dead_letters_stats(args).await,
+        DeadLettersCommand::Replay(args) => dead_letters_replay(args).await,
+        DeadLettersCommand::Purge(args) => dead_letters_purge(args).await,
+    }
+}
+
+async fn dead_letters_stats(args: StatsArgs) -> anyhow::Result<()> {
+    let pool = db::pool(db::config(&args.db.database_url)?, 1);
+    let client = pool.get().await.map_err(dl::Error::Pool)?;
+    let stats = dl::stats(&client)
+        .await
+        .context("cannot read the dead letters")?;
+    print(args.json, &stats, || report::stats_table(&stats))
+}
+
+async fn dead_letters_replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let run = args.run;
+    let pool = db::pool(db::config(&run.db.database_url)?, 1);
+    let since = match args.since {
+        Some(since) => {
+            let client = pool.get().await.map_err(dl::Error::Pool)?;
+            Some(dl::resolve_since(&**client, since).await?)
+        }
+        None => None,
+    };
+    let options = ReplayOptions {
+        filter: Filter {
+            reasons: run.reasons,
+            since,
+        },
+        batch_size: run.batch_size,
+        dry_run: run.dry_run,
+        progress_every: Duration::from_secs(args.progress_secs),
+    };
+    let started = Instant::now();
+    let summary = until_signal(|stop| async move { dl::replay(&pool, &options, &stop).await })
+        .await?
+        .context("cannot replay the dead letters")?;
+    let t = &summary.total;
+    tracing::info!(
+        replayed = t.replayed(),
+        stored = t.stored,
+        superseded = t.superseded,
+        still_failing = t.still_failing,
+        batches = summary.batches,
+        seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+        dry_run = summary.dry_run,
+        "dead letters replayed"
+    );
+    print(run.json, &summary, || report::replay_table(&summary))?;
+    if let Some(path) = &run.metrics_file {
+        let text = report::replay_metrics(&summary, SystemTime::now(), started.elapsed());
+        report::write_atomically(path, &text)
+            .with_context(|| format!("cannot write --metrics-file {}", path.display()))?;
+    }
+    if summary.interrupted {
+        anyhow::bail!(
+            "interrupted after {} batches (each committed whole); run it again to go on",
+            summary.batches
+        );
+    }
+    Ok(())
+}
+
+async fn dead_letters_purge(args: PurgeArgs) -> anyhow::Result<()> {
+    let run = args.run;
+    let pool = db::pool(db::config(&run.db.database_url)?, 1);
+    let options = PurgeOptions {
+        older_than: args.older_than.into(),
+        filter: Filter {
+            reasons: run.reasons,
+            since: None,
+        },
+        batch_size: run.batch_size,
+        dry_run: run.dry_run,
+    };
+    let started = Instant::now();
+    let summary = until_signal(|stop| async move { dl::purge(&pool, &options, &stop).await })
+        .await?
+        .context("cannot purge the dead letters")?;
+    tracing::info!(
+        purged = summary.purged,
+        received_before = %summary.received_before,
+        seconds = format!("{:.3}", started.elapsed().as_secs_f64()),
+        dry_run = summary.dry_run,
+        "dead letters purged"
+    );
+    print(run.json, &summary, || report::purge_table(&summary))?;
+    if let Some(path) = &run.metrics_file {
+        let text = report::purge_metrics(&summary, SystemTime::now(), started.elapsed());
+        report::write_atomically(path, &text)
+            .with_context(|| format!("cannot write --metrics-file {}", path.display()))?;
+    }
+    if summary.interrupted {
+        anyhow::bail!("interrupted; run it again to go on");
+    }
+    Ok(())
+}
+
+/// Runs `work` with a token that SIGTERM/SIGINT cancels: the work stops
+/// between two transactions.
+async fn until_signal<T, F, Fut>(work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let mut signals = Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
+    let stop = CancellationToken::new();
+    let listener = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            signals.recv().await;
+            tracing::info!("signal received: stopping after the batch in flight");
+            stop.cancel();
+        }
+    });
+    let out = work(stop).await;
+    listener.abort();
+    Ok(out)
+}
+
+/// Prints a report on stdout: JSON for scripts, or the table.
+fn print(
+    json: bool,
+    value: &impl serde::Serialize,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    let text = if json {
+        serde_json::to_string_pretty(value)?
+    } else {
+        table()
+    };
+    println!("{text}");
+    Ok(())
 }

@@ -11,6 +11,7 @@
 //!   and [`config::IngestConfig`], the validated settings of the ingester.
 //! * [`ingester`]: the ingester, built from an `IngestConfig` then run until a
 //!   shutdown; it owns and stops its background tasks.
+//! * [`dead_letters`]: `mini-scan dead-letters stats | replay | purge`.
 //! * [`db`]: connecting (libpq's TLS parameters), the pool, migrations and
 //!   the ingest role's grants.
 //! * [`logging`]: log lines as text or JSON (`--log-format`).
@@ -18,7 +19,8 @@
 //! * [`pubsub`]: building Pub/Sub clients (emulator aware) and resource names.
 //! * [`telemetry`]: logs, the metrics registry, and the `/metrics`, `/healthz`
 //!   and `/readyz` endpoints.
-//! * [`app`]: the subcommands (`migrate`, `ingest`, `scan`, `setup`) wired up;
+//! * [`app`]: the subcommands (`migrate`, `ingest`, `scan`, `setup`,
+//!   `dead-letters`) wired up;
 //!   `ingest` adds signal handling to the [`ingester`].
 //! * [`scan`]: the synthetic scanner and load generator.
 
@@ -27,6 +29,7 @@
 pub mod app;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod error;
 pub mod ingester;
 pub mod logging;

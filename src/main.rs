@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             Command::Ingest(args) => app::ingest(args).await.map(|_| ()),
             Command::Scan(args) => app::scan(args).await,
             Command::Setup(args) => app::setup(args).await,
+            Command::DeadLetters(args) => app::dead_letters(args).await,
         }
     });
     // Spans still buffered are exported while the runtime still runs.
@@ -62,8 +63,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("{}", fatal_line(format, &chain.join(": ")));
+            let chain = mini_scan::error::Chain(e.as_ref()).to_string();
+            eprintln!("{}", fatal_line(format, &chain));
             ExitCode::FAILURE
         }
     }

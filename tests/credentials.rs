@@ -52,3 +52,27 @@ async fn an_unreadable_credentials_file_stops_start_up_naming_it() {
         }
     }
 }
+
+/// With `--log-format json` the line that stops start-up is a JSON object like every other log
+/// line (severity `ERROR`), for a log collector; a command line that does not parse is reported
+/// in the format it asked for too.
+#[tokio::test]
+async fn in_json_format_the_line_that_stops_start_up_is_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing-key.json");
+    for args in [
+        &["--log-format", "json", "ingest"][..],
+        &["--log-format=json", "ingest", "--batch-max-rows", "0"][..],
+    ] {
+        let out = run(args, &path).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: not one line:\n{stderr}");
+        let line: serde_json::Value = serde_json::from_str(lines[0])
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", lines[0]));
+        assert_eq!(line["severity"], "ERROR", "{line}");
+        let message = line["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("mini-scan: "), "{line}");
+    }
+}

@@ -34,11 +34,18 @@ impl Postgres {
     /// creates the bench database and applies the schema with
     /// `mini_scan::db::migrate`.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Self::start`] with extra server settings (`-c name=value`) for our
+    /// own cluster; on `DATABASE_URL`'s server they are not applied.
+    pub async fn start_with(settings: &[(String, String)]) -> anyhow::Result<Self> {
         let (admin_url, cluster) = match std::env::var("DATABASE_URL") {
             Ok(url) => (url, None),
             Err(_) => {
-                let cluster =
-                    tokio::task::block_in_place(|| Cluster::create(PgOptions::for_benches()))?;
+                let mut options = PgOptions::for_benches();
+                options.settings.extend(settings.iter().cloned());
+                let cluster = tokio::task::block_in_place(|| Cluster::create(options))?;
                 (cluster.admin_url(), Some(cluster))
             }
         };
@@ -61,6 +68,16 @@ impl Postgres {
     pub async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
         Ok(provision::connect(&self.url).await?)
     }
+}
+
+/// Runs a database bench on a two-worker multi-threaded runtime (one per
+/// core here; `block_in_place` in [`Postgres::start`] needs more than one).
+pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
 }
 
 /// A fresh Pub/Sub emulator, killed when the handle drops.

@@ -10,10 +10,13 @@
 //!   [`IngestConfig`], the validated settings the [`Ingester`](crate::ingester::Ingester)
 //!   is built from (benches and tests construct it directly).
 //! * [`scan`]: [`ScanArgs`] and [`SetupArgs`].
+//! * [`dead_letters`]: [`DeadLettersArgs`], `stats`, `replay` and `purge`.
 
+pub mod dead_letters;
 pub mod ingest;
 pub mod scan;
 
+pub use dead_letters::{DeadLettersArgs, DeadLettersCommand};
 pub use ingest::{IngestArgs, IngestConfig, defaults};
 pub use scan::{ScanArgs, SetupArgs};
 
@@ -47,6 +50,9 @@ pub enum Command {
     Scan(ScanArgs),
     /// Create the topic and subscription if they do not exist (idempotent).
     Setup(SetupArgs),
+    /// See, replay and purge the messages that could not be stored (run as
+    /// the schema owner: the ingest role may not delete them).
+    DeadLetters(DeadLettersArgs),
 }
 
 /// Where the database is.
@@ -131,9 +137,7 @@ pub fn one_line_error(err: &clap::Error) -> String {
     // Name the env var next to the flag it belongs to: the global flags and
     // every subcommand's.
     let cmd = Cli::command();
-    let args = cmd
-        .get_arguments()
-        .chain(cmd.get_subcommands().flat_map(|sub| sub.get_arguments()));
+    let args = cmd.get_arguments().chain(all_arguments(&cmd));
     for arg in args {
         let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
             continue;
@@ -148,6 +152,17 @@ pub fn one_line_error(err: &clap::Error) -> String {
         }
     }
     msg
+}
+
+/// The arguments of every subcommand, nested ones (`dead-letters replay`)
+/// included.
+fn all_arguments(cmd: &clap::Command) -> Vec<&clap::Arg> {
+    let mut args: Vec<&clap::Arg> = Vec::new();
+    for sub in cmd.get_subcommands() {
+        args.extend(sub.get_arguments());
+        args.extend(all_arguments(sub));
+    }
+    args
 }
 
 #[cfg(test)]

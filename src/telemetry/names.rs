@@ -45,6 +45,15 @@ pub const ERRORS_TOTAL: &str = "miniscan_errors_total";
 pub const UP: &str = "miniscan_up";
 /// Always 1 (gauge): `{version}`.
 pub const BUILD_INFO: &str = "miniscan_build_info";
+/// Dead letters one run of a one-shot `mini-scan dead-letters` command
+/// handled (gauge: the last run's count, written to `--metrics-file`):
+/// `{command, result}`, the pairs in [`DEAD_LETTER_RESULTS`].
+pub const DEAD_LETTERS_LAST_RUN: &str = "miniscan_dead_letters_last_run_messages";
+/// When that run finished, in Unix seconds (gauge): `{command}`.
+pub const DEAD_LETTERS_LAST_RUN_TIMESTAMP: &str =
+    "miniscan_dead_letters_last_run_timestamp_seconds";
+/// How long that run took (gauge): `{command}`.
+pub const DEAD_LETTERS_LAST_RUN_DURATION: &str = "miniscan_dead_letters_last_run_duration_seconds";
 
 /// Label keys.
 pub mod label {
@@ -56,7 +65,8 @@ pub mod label {
     pub const KIND: &str = "kind";
     /// Why a message is a dead letter.
     pub const REASON: &str = "reason";
-    /// A cache lookup's result: a [`super::cache`] value.
+    /// A cache lookup's result (a [`super::cache`] value), or what a
+    /// dead-letters command did with a message (a [`super::dead_letter_result`]).
     pub const RESULT: &str = "result";
     /// What a lag is measured from: a [`super::reference`] value.
     pub const REFERENCE: &str = "reference";
@@ -64,7 +74,36 @@ pub mod label {
     pub const COMPONENT: &str = "component";
     /// The build's version.
     pub const VERSION: &str = "version";
+    /// A one-shot command: a [`super::command`] value.
+    pub const COMMAND: &str = "command";
 }
+
+/// `command` label values: the one-shot `mini-scan dead-letters` commands
+/// that write metrics.
+pub mod command {
+    /// `dead-letters replay`.
+    pub const REPLAY: &str = "replay";
+    /// `dead-letters purge`.
+    pub const PURGE: &str = "purge";
+}
+
+/// `result` label values of `miniscan_dead_letters_last_run_messages`.
+pub mod dead_letter_result {
+    /// replay: decodes now and is written newest-wins (stored, or superseded
+    /// by a newer row); its dead letter is deleted.
+    pub const REPLAYED: &str = "replayed";
+    /// replay: still fails (decode or the database); kept, reason refreshed.
+    pub const STILL_FAILING: &str = "still_failing";
+    /// purge: deleted.
+    pub const PURGED: &str = "purged";
+}
+
+/// Every `{command, result}` pair of `miniscan_dead_letters_last_run_messages`.
+pub const DEAD_LETTER_RESULTS: &[(&str, &str)] = &[
+    (command::REPLAY, dead_letter_result::REPLAYED),
+    (command::REPLAY, dead_letter_result::STILL_FAILING),
+    (command::PURGE, dead_letter_result::PURGED),
+];
 
 /// `stage` label values, in pipeline order.
 pub mod stage {
@@ -217,4 +256,20 @@ pub fn rows_written() -> Counter {
 /// `miniscan_write_duration_seconds`.
 pub fn write_duration() -> Histogram {
     histogram!(WRITE_DURATION)
+}
+
+/// `miniscan_dead_letters_last_run_messages{command, result}`, one of
+/// [`DEAD_LETTER_RESULTS`].
+pub fn dead_letters_last_run(command: &'static str, result: &'static str) -> Gauge {
+    gauge!(DEAD_LETTERS_LAST_RUN, label::COMMAND => command, label::RESULT => result)
+}
+
+/// `miniscan_dead_letters_last_run_timestamp_seconds{command}`.
+pub fn dead_letters_last_run_timestamp(command: &'static str) -> Gauge {
+    gauge!(DEAD_LETTERS_LAST_RUN_TIMESTAMP, label::COMMAND => command)
+}
+
+/// `miniscan_dead_letters_last_run_duration_seconds{command}`.
+pub fn dead_letters_last_run_duration(command: &'static str) -> Gauge {
+    gauge!(DEAD_LETTERS_LAST_RUN_DURATION, label::COMMAND => command)
 }

@@ -15,6 +15,8 @@
 //!   `PUBSUB_EMULATOR_HOST`) and a small REST client for topics, subscriptions, publish and pull,
 //!   and for counting what is unacknowledged (snapshot and seek, which take nothing from the
 //!   ingesters).
+//! - [`dead_letters`]: dead letters and rows inserted as an older ingester left them, and
+//!   `mini-scan dead-letters` as a child process.
 //! - [`ingester`]: runs `mini-scan ingest` as a child process, sends it signals, waits for it and
 //!   scrapes its `/metrics`.
 //! - [`scans`]: builds scan messages (valid and malformed) and computes the table that a set of
@@ -25,6 +27,7 @@
 //! a message that says what to install or which variable to set: nothing is skipped.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod dead_letters;
 pub mod ingester;
 pub mod postgres;
 #[path = "../provision/mod.rs"]

@@ -50,15 +50,15 @@
 //! `miniscan_errors_total{stage="write",kind="transient"|"rejected"}`.
 
 mod commit;
-mod isolate;
-mod layout;
+pub(crate) mod isolate;
+pub(crate) mod layout;
 pub mod merge;
 mod partition;
-mod retry;
+pub(crate) mod retry;
 pub mod sql;
 pub mod store;
 pub mod trace;
-mod verdict;
+pub(crate) mod verdict;
 
 #[cfg(test)]
 mod tests;

@@ -121,9 +121,7 @@ pub async fn commit(
     let tx = client.transaction().await?;
     let mut changed = Vec::new();
     if !scans.is_empty() {
-        tx.batch_execute(CREATE_STAGE_TABLE).await?;
-        copy_in(&tx, scans).await?;
-        changed = changed_rows(scans, &tx.query_typed(UPSERT, &[]).await?)?;
+        changed = upsert(&tx, scans).await?;
     }
     if !dead.is_empty() {
         insert_dead_letters(&tx, dead).await?;
@@ -131,6 +129,27 @@ pub async fn commit(
     tx.commit().await?;
     Ok(changed)
 }
+
+/// Upserts `scans` (one per key, sorted by key), newest wins, inside `tx`:
+/// stages them in the temporary table and merges them with the upsert.
+/// Returns, for each scan in order, whether its row changed `scan_results`.
+///
+/// The staged rows stay in the staging table until the transaction ends; a
+/// caller that upserts again in the same transaction (`dead-letters replay`,
+/// which isolates rejected rows under savepoints) empties it first with
+/// [`CLEAR_STAGE_TABLE`].
+pub async fn upsert(
+    tx: &tokio_postgres::Transaction<'_>,
+    scans: &[&Scan],
+) -> Result<Vec<bool>, tokio_postgres::Error> {
+    tx.batch_execute(CREATE_STAGE_TABLE).await?;
+    copy_in(tx, scans).await?;
+    changed_rows(scans, &tx.query_typed(UPSERT, &[]).await?)
+}
+
+/// Empties the staging table within a transaction, so that a second
+/// [`upsert`] in it merges only its own rows.
+pub const CLEAR_STAGE_TABLE: &str = "DELETE FROM scan_stage";
 
 /// COPYs `scans` into the staging table. COPY takes a prepared (named)
 /// statement; it is dropped when this returns, which sends its `Close` ahead
