@@ -6,22 +6,27 @@ use mini_scan::logging::{fatal_line, requested_format};
 use mini_scan::{app, telemetry};
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
+/// The command line, or how the process ends: 0 after `--help` and
+/// `--version`, 2 with one line after an invalid command line.
+fn parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        if !e.use_stderr() {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            let format = requested_format(
-                std::env::args().skip(1),
-                std::env::var("MINISCAN_LOG_FORMAT").ok().as_deref(),
-            );
-            eprintln!("{}", fatal_line(format, &one_line_error(&e)));
-            return ExitCode::from(2);
-        }
+        let format = requested_format(
+            std::env::args().skip(1),
+            std::env::var("MINISCAN_LOG_FORMAT").ok().as_deref(),
+        );
+        eprintln!("{}", fatal_line(format, &one_line_error(&e)));
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
     };
     let format = cli.log_format;
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -167,6 +167,25 @@ pub struct Published {
     pub elapsed: Duration,
 }
 
+/// Counts the outcomes of publishes and keeps the last error's text.
+#[derive(Debug, Default)]
+struct Tally {
+    out: Published,
+    last_error: Option<String>,
+}
+
+impl Tally {
+    fn settle(&mut self, r: Result<String, google_cloud_pubsub::error::PublishError>) {
+        match r {
+            Ok(_) => self.out.ok += 1,
+            Err(e) => {
+                self.out.failed += 1;
+                self.last_error = Some(e.to_string());
+            }
+        }
+    }
+}
+
 /// Most publishes awaiting the server's answer: enough to keep the client's
 /// batches full at ~100k msg/s, few enough to bound memory.
 const MAX_PENDING: usize = 50_000;
@@ -212,19 +231,10 @@ pub async fn publish(
         .with_context(|| format!("cannot build a publisher for {topic}"))?;
     let mut generator = Generator::new(GenConfig::from(args));
     let mut pending = FuturesUnordered::new();
-    let mut out = Published::default();
+    let mut tally = Tally::default();
     let started = tokio::time::Instant::now();
     let mut stop = std::pin::pin!(stop);
     let mut sent: u64 = 0;
-    let mut last_error: Option<String> = None;
-    let mut settle = |r: Result<String, google_cloud_pubsub::error::PublishError>,
-                      out: &mut Published| match r {
-        Ok(_) => out.ok += 1,
-        Err(e) => {
-            out.failed += 1;
-            last_error = Some(e.to_string());
-        }
-    };
     loop {
         if args.count.is_some_and(|c| sent >= c) {
             break;
@@ -235,7 +245,7 @@ pub async fn publish(
                 tokio::select! {
                     _ = tokio::time::sleep_until(due) => {}
                     _ = &mut stop => break,
-                    Some(r) = pending.next(), if !pending.is_empty() => { settle(r, &mut out); continue; }
+                    Some(r) = pending.next(), if !pending.is_empty() => { tally.settle(r); continue; }
                 }
             }
         } else if futures::poll!(&mut stop).is_ready() {
@@ -247,7 +257,7 @@ pub async fn publish(
         sent += 1;
         while pending.len() >= MAX_PENDING {
             if let Some(r) = pending.next().await {
-                settle(r, &mut out);
+                tally.settle(r);
             }
         }
         if sent.is_multiple_of(10_000) {
@@ -255,8 +265,12 @@ pub async fn publish(
         }
     }
     while let Some(r) = pending.next().await {
-        settle(r, &mut out);
+        tally.settle(r);
     }
+    let Tally {
+        mut out,
+        last_error,
+    } = tally;
     out.elapsed = started.elapsed();
     if let Some(e) = last_error {
         tracing::error!(failed = out.failed, last_error = %e, "some messages were not published");
