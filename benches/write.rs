@@ -11,6 +11,13 @@
 //! * `copy_upsert` (ours): `mini_scan::stages::write::sql::commit` through a
 //!   `mini_scan::db::pool` connection: binary COPY into the per-connection
 //!   temporary table, then one `INSERT .. SELECT .. ON CONFLICT DO UPDATE`.
+//! * `copy_upsert_session`: the same SQL the session-scoped way (before the
+//!   pooler-safe path of issue 8): the temporary table created once per
+//!   connection, before the clock, and the COPY and the upsert as named
+//!   statements cached per connection (`prepare_cached`). Not pooler-safe.
+//! * `copy_upsert_session_count`: the same without the upsert's `RETURNING
+//!   message_id` (the upsert reports a row count only): the SQL of commit
+//!   2e9ce1c, before per-message stored/superseded outcomes.
 //! * `unnest_upsert`: one `INSERT .. SELECT FROM UNNEST($1::inet[], ..)`
 //!   upsert per batch (what the original Go ingester did).
 //! * `row_by_row`: a prepared single-row upsert per row, one transaction per
@@ -25,8 +32,12 @@
 //! `--batches 1000,10000`, `--sweep 100,500,1000,2000,5000,10000,20000`
 //! (empty: no sweep), `--no-variants`, `--no-row-by-row`, `--repeat N`
 //! (rounds of the variants, reported as the median; default 3), `--only
-//! ID,..` (only these strategies: raw_copy, copy_upsert, unnest_upsert,
-//! row_by_row, pg_sink; e.g. to profile one).
+//! ID,..` (only these strategies: raw_copy, copy_upsert,
+//! copy_upsert_session, copy_upsert_session_count, unnest_upsert, row_by_row,
+//! pg_sink; e.g. to profile one), `--pooler` (only the pooler-safe path
+//! against the session-scoped ones: `copy_upsert` and both `copy_upsert_session`
+//! strategies at every batch size, `--repeat` rounds interleaved, no variants
+//! or sweep).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -80,10 +91,22 @@ const RAW_TABLE: &str = "
 const RAW_COPY: &str = "COPY bench_raw (ip, port, service, last_scanned, response, response_raw, \
                         published_at, message_id) FROM STDIN (FORMAT binary)";
 
+/// The staging table as the session-scoped path made it: once per connection.
+const SESSION_STAGE_TABLE: &str = "
+    CREATE TEMPORARY TABLE IF NOT EXISTS scan_stage (
+        ip inet NOT NULL, port integer NOT NULL, service text NOT NULL,
+        last_scanned timestamptz NOT NULL, response text NOT NULL, response_raw bytea,
+        published_at timestamptz NOT NULL, message_id text COLLATE \"C\" NOT NULL
+    ) ON COMMIT DELETE ROWS";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Strategy {
     RawCopy,
     Ours,
+    /// Temp table once per connection, named statements (not pooler-safe).
+    Session,
+    /// `Session` without `RETURNING` (2e9ce1c's SQL).
+    SessionCount,
     Unnest,
     RowByRow,
     /// The ingester's whole write stage: `PgSink` (merge, partitions, commit
@@ -96,6 +119,10 @@ impl Strategy {
         match self {
             Strategy::RawCopy => "raw binary COPY, unindexed table (ceiling)",
             Strategy::Ours => "ours: binary COPY → temp table → one upsert",
+            Strategy::Session => {
+                "ours, session-scoped: temp table per connection, named statements"
+            }
+            Strategy::SessionCount => "session-scoped, upsert without RETURNING (2e9ce1c)",
             Strategy::Unnest => "one INSERT .. SELECT FROM UNNEST upsert (Go ingester)",
             Strategy::RowByRow => "row-by-row prepared upsert, 1 tx per batch",
             Strategy::Sink => "the ingester's write stage (PgSink)",
@@ -105,6 +132,8 @@ impl Strategy {
         match self {
             Strategy::RawCopy => "raw_copy",
             Strategy::Ours => "copy_upsert",
+            Strategy::Session => "copy_upsert_session",
+            Strategy::SessionCount => "copy_upsert_session_count",
             Strategy::Unnest => "unnest_upsert",
             Strategy::RowByRow => "row_by_row",
             Strategy::Sink => "pg_sink",
@@ -153,6 +182,8 @@ struct Options {
     repeat: usize,
     /// Run only these strategies (ids), e.g. for profiling one.
     only: Vec<String>,
+    /// Only the pooler-safe path against the session-scoped ones.
+    pooler: bool,
 }
 
 impl Options {
@@ -182,6 +213,7 @@ fn options() -> anyhow::Result<Options> {
         row_by_row: true,
         repeat: 3,
         only: Vec::new(),
+        pooler: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -195,6 +227,7 @@ fn options() -> anyhow::Result<Options> {
             "--no-row-by-row" => o.row_by_row = false,
             "--repeat" => o.repeat = value()?.parse::<usize>()?.max(1),
             "--only" => o.only = value()?.split(',').map(str::to_string).collect(),
+            "--pooler" => o.pooler = true,
             // `cargo bench` passes `--bench`; criterion-style filters are ignored.
             _ => {}
         }
@@ -211,6 +244,7 @@ async fn write_batch(
 ) -> Result<(), tokio_postgres::Error> {
     match strategy {
         Strategy::Ours | Strategy::Sink => sql::commit(client, rows, &[]).await.map(drop),
+        Strategy::Session | Strategy::SessionCount => session_commit(strategy, client, rows).await,
         Strategy::RawCopy => {
             let tx = client.transaction().await?;
             let stmt = tx.prepare_cached(RAW_COPY).await?;
@@ -274,6 +308,39 @@ async fn write_batch(
             tx.commit().await
         }
     }
+}
+
+/// The upsert without `RETURNING`.
+fn upsert_count() -> &'static str {
+    let upsert = sql::UPSERT.trim_end();
+    upsert
+        .strip_suffix("RETURNING message_id")
+        .unwrap_or(upsert)
+}
+
+/// The session-scoped write: the connection's temporary table (made before
+/// the clock), the COPY and the upsert as cached named statements.
+async fn session_commit(
+    strategy: Strategy,
+    client: &mut Conn,
+    rows: &[&Scan],
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let copy = tx.prepare_cached(sql::COPY).await?;
+    let sink = tx.copy_in(&copy).await?;
+    let writer = BinaryCopyInWriter::new(sink, &sql::COPY_TYPES);
+    pin_mut!(writer);
+    sql::copy_rows(writer.as_mut(), rows).await?;
+    writer.finish().await?;
+    if strategy == Strategy::Session {
+        let upsert = tx.prepare_cached(sql::UPSERT).await?;
+        let returned = tx.query(&upsert, &[]).await?;
+        sql::changed_rows(rows, &returned)?;
+    } else {
+        let upsert = tx.prepare_cached(upsert_count()).await?;
+        tx.execute(&upsert, &[]).await?;
+    }
+    tx.commit().await
 }
 
 /// Writes `rows` in `batch`-sized chunks on one connection; with a cache,
@@ -375,11 +442,16 @@ async fn run(
         variant.partitions.max(variant.concurrency).max(1)
     };
     let pool = mini_scan::db::pool(cfg, writers);
-    // Connect (and create the temporary tables) before the clock starts.
+    // Connect (and, session-scoped, create the temporary tables) before the
+    // clock starts.
     {
         let mut held = Vec::new();
         for _ in 0..writers {
-            held.push(pool.get().await?);
+            let c = pool.get().await?;
+            if matches!(strategy, Strategy::Session | Strategy::SessionCount) {
+                c.batch_execute(SESSION_STAGE_TABLE).await?;
+            }
+            held.push(c);
         }
     }
     let refs: Vec<&Scan> = rows.iter().collect();
@@ -524,6 +596,9 @@ async fn bench(o: Options) -> anyhow::Result<()> {
         .get(0);
     let rows = support::scans(o.rows, o.keys, 0.2, 1);
     let total_started = Instant::now();
+    if o.pooler {
+        return pooler(&o, &pg, &rows, &version).await;
+    }
 
     // 1. The four strategies at each batch size.
     let mut main: Vec<Measured> = Vec::new();
@@ -907,4 +982,68 @@ fn plot(path: &std::path::Path, sweep: &[Measured], o: &Options) -> anyhow::Resu
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// `--pooler`: the pooler-safe write path (`copy_upsert`) against the
+/// session-scoped one, with and without `RETURNING`, at every batch size,
+/// `repeat` rounds interleaved (the order reversed every other round).
+async fn pooler(o: &Options, pg: &Postgres, rows: &[Scan], version: &str) -> anyhow::Result<()> {
+    let mut strategies = [Strategy::Ours, Strategy::Session, Strategy::SessionCount];
+    let mut all: Vec<Measured> = Vec::new();
+    for round in 0..o.repeat {
+        eprintln!(
+            " pooler-safe vs session-scoped, round {} of {}",
+            round + 1,
+            o.repeat
+        );
+        for &batch in &o.batches {
+            for s in strategies {
+                all.push(run(pg, rows, s, batch, Variant::default(), "baseline").await?);
+            }
+        }
+        strategies.reverse();
+    }
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "## Pooler-safe against session-scoped write path: {} rows over {} keys, PostgreSQL {version}\n\n\
+         Machine: {}. Median of {} interleaved rounds; × pooler-safe is the ratio of the medians.\n\n\
+         | strategy | batch | rows/s | min – max | × pooler-safe | PostgreSQL cores | bench process cores |\n\
+         |---|---:|---:|---:|---:|---:|---:|",
+        o.rows,
+        o.keys,
+        support::machine(),
+        o.repeat
+    );
+    let median = |s: Strategy, batch: usize, f: &dyn Fn(&Measured) -> f64| {
+        let mut v: Vec<f64> = all
+            .iter()
+            .filter(|m| m.strategy == s && m.batch == batch)
+            .map(f)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    for &batch in &o.batches {
+        let ours = median(Strategy::Ours, batch, &Measured::rate).1;
+        for s in [Strategy::Ours, Strategy::Session, Strategy::SessionCount] {
+            let (lo, mid, hi) = median(s, batch, &Measured::rate);
+            let server = median(s, batch, &|m| m.server_cpu / m.secs).1;
+            let client = median(s, batch, &|m| m.client_cpu / m.secs).1;
+            let _ = writeln!(
+                r,
+                "| `{}` | {batch} | {mid:.0} | {lo:.0} – {hi:.0} | {:.3} | {server:.2} | {client:.2} |",
+                s.id(),
+                mid / ours
+            );
+        }
+    }
+    let _ = writeln!(r, "\nTook {:.0} s.", total(all.iter()));
+    println!("{r}");
+    std::fs::write(support::out_dir().join("write-pooler.md"), &r)?;
+    Ok(())
+}
+
+fn total<'a>(all: impl Iterator<Item = &'a Measured>) -> f64 {
+    all.map(|m| m.secs).sum()
 }

@@ -1,0 +1,465 @@
+//! `--matrix SPEC [--rounds N] [--feed-rate R]`: consumers compared in one
+//! run, interleaved, on one fresh emulator and one PostgreSQL cluster, so that
+//! their ratios do not depend on how busy the machine was at another time.
+//!
+//! SPEC is a comma-separated list of `LABEL=KIND:STREAMS[:OUTSTANDING]`, KIND
+//! being `null` (the null consumer, in this process), `self` (the `mini-scan`
+//! cargo built with this bench) or the path of another `mini-scan` binary
+//! (say, a release build of an older commit). Every round runs each item once,
+//! in the listed order in even rounds and in reverse in odd ones (A B B A), so
+//! a drift of the emulator over the run favours nobody. Each item gets its own
+//! topic and subscription, with the same messages published to it, and each
+//! `mini-scan ingest` its own fresh database.
+//!
+//! Measured per item: msg/s from spawn to the last ack (and the tables holding
+//! what they must), × the best null consumer of the same round, the
+//! consumer's CPU seconds per 1k messages (`/proc/PID/stat` of the child
+//! just before it is stopped, so start-up is included; the null consumer's is
+//! this process's CPU clock), its peak RSS, and PostgreSQL's and the
+//! emulator's cores. With `--feed-rate R`, the messages are published while
+//! the item runs, by `mini-scan scan --rate R`, instead of up front (only
+//! binaries then), and the table also gives the freshness lag from the
+//! ingester's own histogram (`miniscan_freshness_lag_seconds{reference=
+//! "publish"}`) and how long after the publisher the ingester finished.
+//! Writes `target/bench/e2e-matrix.md`.
+
+use super::replicas::{acked, scrape_all, stop};
+use super::{Options, PROJECT, counts, feeder, null_consumer, publish};
+use crate::support::{self, Emulator, Postgres};
+use anyhow::{Context as _, bail};
+use mini_scan::pubsub::PubsubConfig;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// One consumer to measure.
+#[derive(Clone, Debug)]
+pub(crate) struct Item {
+    label: String,
+    binary: Option<PathBuf>,
+    streams: u32,
+    outstanding: Option<u32>,
+}
+
+/// Parses `LABEL=KIND:STREAMS[:OUTSTANDING],...`.
+pub(crate) fn parse(spec: &str) -> anyhow::Result<Vec<Item>> {
+    spec.split(',')
+        .map(|entry| {
+            let bad = || format!("--matrix entry {entry:?}: want LABEL=KIND:STREAMS[:OUTSTANDING]");
+            let (label, rest) = entry.split_once('=').with_context(bad)?;
+            let mut parts = rest.split(':');
+            let kind = parts.next().with_context(bad)?;
+            let streams = parts.next().with_context(bad)?.parse().with_context(bad)?;
+            let outstanding = parts.next().map(str::parse).transpose().with_context(bad)?;
+            let binary = match kind {
+                "null" => None,
+                "self" => Some(PathBuf::from(env!("CARGO_BIN_EXE_mini-scan"))),
+                path => Some(PathBuf::from(path)),
+            };
+            Ok(Item {
+                label: label.to_string(),
+                binary,
+                streams,
+                outstanding,
+            })
+        })
+        .collect()
+}
+
+/// One item's figures in one round.
+struct Row {
+    round: u32,
+    label: String,
+    rate: f64,
+    cpu_per_1k: f64,
+    peak_rss_mb: f64,
+    pg_cores: f64,
+    emulator_cores: f64,
+    /// Live runs: lag p50 and p99, and seconds from the publisher's end to the
+    /// last ack.
+    live: Option<(f64, f64, f64)>,
+}
+
+/// Runs `rounds` rounds of `items` and writes the table.
+pub(crate) async fn run(o: &Options, items: &[Item], rounds: u32) -> anyhow::Result<()> {
+    if o.feed_rate.is_some() && items.iter().any(|i| i.binary.is_none()) {
+        bail!("--feed-rate with --matrix runs binaries only, not the null consumer");
+    }
+    let pg = Postgres::start().await?;
+    let em = tokio::task::block_in_place(Emulator::start)?;
+    let cfg = PubsubConfig {
+        project: PROJECT.into(),
+        emulator_host: Some(em.host.clone()),
+    };
+    let mut rows = Vec::new();
+    let mut phase = 0;
+    for round in 0..rounds {
+        let mut order: Vec<&Item> = items.iter().collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for item in order {
+            phase += 1;
+            let (topic, sub) = (format!("scans-{phase}"), format!("sub-{phase}"));
+            cfg.ensure(&topic, &sub, 60).await?;
+            let expected = publish(&cfg, &topic, o, o.feed_rate.is_none()).await?;
+            let mut row = match &item.binary {
+                None => null_phase(o, &cfg, &sub, item, &pg, &em).await?,
+                Some(bin) => {
+                    let url = pg.fresh_database().await?;
+                    let phase = Phase {
+                        o,
+                        item,
+                        bin,
+                        url: &url,
+                        topic: &topic,
+                        sub: &sub,
+                        expected: &expected,
+                    };
+                    ingest_phase(&phase, &pg, &em).await?
+                }
+            };
+            row.round = round + 1;
+            eprintln!(
+                "round {} {}: {:.0} msg/s, {:.4} CPU s per 1k msg{}",
+                row.round,
+                row.label,
+                row.rate,
+                row.cpu_per_1k,
+                row.live.map_or(String::new(), |(p50, p99, after)| format!(
+                    ", lag p50 {p50:.2} s p99 {p99:.2} s, done {after:.1} s after the publisher"
+                ))
+            );
+            rows.push(row);
+        }
+    }
+    let s = report(o, items, rounds, &rows);
+    println!("{s}");
+    std::fs::write(support::out_dir().join("e2e-matrix.md"), &s)?;
+    Ok(())
+}
+
+/// The null consumer on `sub`, in this process.
+async fn null_phase(
+    o: &Options,
+    cfg: &PubsubConfig,
+    sub: &str,
+    item: &Item,
+    pg: &Postgres,
+    em: &Emulator,
+) -> anyhow::Result<Row> {
+    let mut opts = o.clone();
+    opts.streams = item.streams;
+    opts.max_outstanding = item.outstanding.unwrap_or(o.max_outstanding);
+    let (pg0, em0) = (server_cpu(pg), support::tree_cpu(em.pid()));
+    let (cpu0, started) = (support::process_cpu(), Instant::now());
+    null_consumer(cfg, sub, &opts, o.messages).await?;
+    let (cpu, secs) = (
+        support::process_cpu() - cpu0,
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(Row {
+        round: 0,
+        label: item.label.clone(),
+        rate: o.messages as f64 / secs,
+        cpu_per_1k: cpu.as_secs_f64() / (o.messages as f64 / 1000.0),
+        peak_rss_mb: 0.0,
+        pg_cores: (server_cpu(pg) - pg0).as_secs_f64() / secs,
+        emulator_cores: (support::tree_cpu(em.pid()) - em0).as_secs_f64() / secs,
+        live: None,
+    })
+}
+
+fn server_cpu(pg: &Postgres) -> Duration {
+    pg.pid().map(support::tree_cpu).unwrap_or_default()
+}
+
+/// What an ingest phase runs on.
+struct Phase<'a> {
+    o: &'a Options,
+    item: &'a Item,
+    bin: &'a PathBuf,
+    url: &'a str,
+    topic: &'a str,
+    sub: &'a str,
+    expected: &'a super::Expected,
+}
+
+/// `mini-scan ingest` from `p.bin` on `p.sub`, until it has acked every
+/// message and the tables hold what they must.
+async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Result<Row> {
+    let o = p.o;
+    let (pg0, em0) = (server_cpu(pg), support::tree_cpu(em.pid()));
+    let started = Instant::now();
+    let (mut child, addr) = spawn(p, &em.host)?;
+    let pid = child.id().context("the ingester has no pid")?;
+    let mut perf = profiler(pid, &p.item.label)?;
+    let mut feeder = match o.feed_rate {
+        Some(rate) => Some(feeder(&em.host, p.topic, o, rate)?),
+        None => None,
+    };
+    let db = support::provision::connect(p.url).await?;
+    let mut published_at = None;
+    let deadline = started + super::PHASE_TIMEOUT;
+    let (page, done) = loop {
+        tokio::time::sleep(super::POLL).await;
+        if let Some(status) = child.try_wait()? {
+            bail!("{} exited early: {status}", p.item.label);
+        }
+        if let Some(f) = feeder.as_mut()
+            && published_at.is_none()
+            && let Some(status) = f.try_wait()?
+        {
+            if !status.success() {
+                bail!("mini-scan scan failed: {status}");
+            }
+            published_at = Some(Instant::now());
+        }
+        let page = scrape_all(&[addr]).await.remove(0);
+        let (rows, dead) = counts(&db).await?;
+        if acked(&page) as u64 >= o.messages
+            && rows as u64 == p.expected.keys
+            && dead as u64 == p.expected.dead
+        {
+            break (page, Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not drain the backlog in time", p.item.label);
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = support::pid_cpu(pid).unwrap_or_default();
+    let peak_kb = pid_status_kb(pid, "VmHWM").unwrap_or(0);
+    let (pg1, em1) = (server_cpu(pg), support::tree_cpu(em.pid()));
+    if let Some(perf) = perf.as_mut() {
+        stop(perf).await;
+    }
+    stop(&mut child).await;
+    let live = o.feed_rate.map(|_| {
+        // The publisher is seen done at most one poll late; 0 if it was not
+        // seen done before the last ack.
+        let after = published_at.map_or(0.0, |t| (done - t).as_secs_f64());
+        let lag = lag_buckets(&page);
+        (quantile(&lag, 0.5), quantile(&lag, 0.99), after)
+    });
+    Ok(Row {
+        round: 0,
+        label: p.item.label.clone(),
+        rate: o.messages as f64 / secs,
+        cpu_per_1k: cpu.as_secs_f64() / (o.messages as f64 / 1000.0),
+        peak_rss_mb: peak_kb as f64 / 1024.0,
+        pg_cores: (pg1 - pg0).as_secs_f64() / secs,
+        emulator_cores: (em1 - em0).as_secs_f64() / secs,
+        live,
+    })
+}
+
+/// `mini-scan ingest` for phase `p`, its metrics on a free local port. Only
+/// flags every version since the bench's baseline knows.
+fn spawn(p: &Phase<'_>, host: &str) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    let o = p.o;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let log =
+        std::fs::File::create(support::out_dir().join(format!("e2e-matrix-{}.log", p.item.label)))?;
+    let mut cmd = tokio::process::Command::new(p.bin);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MINISCAN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(["ingest", "--database-url", p.url])
+        .args(["--project-id", PROJECT, "--emulator-host", host])
+        .args(["--subscription", p.sub])
+        .args(["--metrics-addr", &addr.to_string()])
+        .args(["--streams", &p.item.streams.to_string()])
+        .args(["--batch-max-rows", &o.batch_rows.to_string()]);
+    if let Some(n) = p.item.outstanding {
+        cmd.args(["--max-outstanding-messages", &n.to_string()]);
+    }
+    if let Some(n) = o.write_concurrency {
+        cmd.args(["--write-concurrency", &n.to_string()]);
+    }
+    if let Some(n) = o.write_partitions {
+        cmd.args(["--write-partitions", &n.to_string()]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", p.bin.display()))?;
+    Ok((child, addr))
+}
+
+/// With `MINISCAN_BENCH_PERF` set (to `perf record` options, e.g. `-F 999`),
+/// `perf record -e cpu-clock` attached to `pid`, writing
+/// `target/bench/perf-LABEL-PID.data`; stopped (SIGTERM) before the
+/// ingester. The ingester's CPU figures then include the sampling interrupts.
+fn profiler(pid: u32, label: &str) -> anyhow::Result<Option<tokio::process::Child>> {
+    let Some(opts) = std::env::var_os("MINISCAN_BENCH_PERF") else {
+        return Ok(None);
+    };
+    let out = support::out_dir().join(format!("perf-{label}-{pid}.data"));
+    let child = tokio::process::Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-p", &pid.to_string(), "-o"])
+        .arg(&out)
+        .args(opts.to_string_lossy().split_whitespace())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot run perf record")?;
+    Ok(Some(child))
+}
+
+/// A `/proc/PID/status` field in kB.
+fn pid_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The cumulative buckets `(le, count)` of the publish-time freshness lag.
+fn lag_buckets(page: &str) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = page
+        .lines()
+        .filter(|l| l.starts_with("miniscan_freshness_lag_seconds_bucket{"))
+        .filter(|l| l.contains("reference=\"publish\""))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// The `q` quantile of cumulative buckets, interpolated linearly inside a
+/// bucket as Prometheus's `histogram_quantile` does.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let Some(&(_, total)) = buckets.last() else {
+        return f64::NAN;
+    };
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let width = count - prev.1;
+            let into = if width > 0.0 {
+                (rank - prev.1) / width
+            } else {
+                1.0
+            };
+            return prev.0 + (le - prev.0) * into;
+        }
+        prev = (le, count);
+    }
+    prev.0
+}
+
+/// The markdown tables: every phase, then each item's median over rounds.
+fn report(o: &Options, items: &[Item], rounds: u32, rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## Interleaved consumers: {} messages over {} keys per phase, {rounds} rounds\n\n\
+         Machine: {}. One emulator and one PostgreSQL for the whole run; each phase its own topic, \
+         subscription and database. {}\n",
+        o.messages,
+        o.keys,
+        support::machine(),
+        match o.feed_rate {
+            Some(r) => format!("Published while ingesting, at {r} msg/s."),
+            None => "Backlog published before each phase.".into(),
+        }
+    );
+    let best_null = |round: u32| {
+        rows.iter()
+            .filter(|r| r.round == round && is_null(items, &r.label))
+            .map(|r| r.rate)
+            .fold(f64::NAN, f64::max)
+    };
+    let _ = writeln!(
+        s,
+        "| round | consumer | msg/s | × best null | CPU s / 1k msg | peak RSS MB | PostgreSQL cores | emulator cores | lag p50 s | lag p99 s | done after publisher s |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        let (p50, p99, after) = r.live.map_or(("".into(), "".into(), "".into()), |l| {
+            (
+                format!("{:.2}", l.0),
+                format!("{:.2}", l.1),
+                format!("{:.1}", l.2),
+            )
+        });
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.2} | {:.4} | {:.1} | {:.2} | {:.2} | {p50} | {p99} | {after} |",
+            r.round,
+            r.label,
+            r.rate,
+            r.rate / best_null(r.round),
+            r.cpu_per_1k,
+            r.peak_rss_mb,
+            r.pg_cores,
+            r.emulator_cores,
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| consumer | settings | median msg/s | min – max | median × best null | median CPU s / 1k msg | min – max |\n\
+         |---|---|---:|---:|---:|---:|---:|"
+    );
+    for item in items {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.label == item.label).collect();
+        let rate = stats(mine.iter().map(|r| r.rate));
+        let ratio = stats(mine.iter().map(|r| r.rate / best_null(r.round)));
+        let cpu = stats(mine.iter().map(|r| r.cpu_per_1k));
+        let _ = writeln!(
+            s,
+            "| {} | {} streams × {} outstanding | {:.0} | {:.0} – {:.0} | {:.2} | {:.4} | {:.4} – {:.4} |",
+            item.label,
+            item.streams,
+            item.outstanding.map_or("default".into(), |n| n.to_string()),
+            rate.1,
+            rate.0,
+            rate.2,
+            ratio.1,
+            cpu.1,
+            cpu.0,
+            cpu.2,
+        );
+    }
+    s
+}
+
+fn is_null(items: &[Item], label: &str) -> bool {
+    items.iter().any(|i| i.label == label && i.binary.is_none())
+}
+
+/// Minimum, median, maximum.
+fn stats(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
