@@ -15,8 +15,8 @@
 //! processes, reported as cores busy), and the freshness lag from the table.
 //! Writes `target/bench/e2e.md`.
 //!
-//! Options: `--messages N` (200000), `--keys N` (100000), `--streams N` (8),
-//! `--max-outstanding N` (1000 per stream), `--batch-rows N` (1000),
+//! Options: `--messages N` (200000), `--keys N` (100000), `--streams N` and
+//! `--max-outstanding N` (per stream; both default to the ingester's), `--batch-rows N` (1000),
 //! `--write-concurrency N`, `--write-partitions N` (default: the ingester's),
 //! `--no-null` (skip the null consumer), `--feed-rate R` (publish while the
 //! ingester runs, at R messages/s, from a separate `mini-scan scan` process,
@@ -81,8 +81,8 @@ fn options() -> anyhow::Result<Options> {
     let mut o = Options {
         messages: 200_000,
         keys: 100_000,
-        streams: 8,
-        max_outstanding: 1000,
+        streams: mini_scan::config::defaults::STREAMS,
+        max_outstanding: mini_scan::config::defaults::MAX_OUTSTANDING_MESSAGES,
         batch_rows: 1000,
         write_concurrency: None,
         write_partitions: None,

@@ -11,7 +11,7 @@
 //! topic and subscription, with the same messages published to it, and each
 //! `mini-scan ingest` its own fresh database.
 //!
-//! Measured per item: msg/s from spawn to the last ack (and the tables holding
+//! Measured per item: msg/s (messages acked over the time from spawn to the last ack) (and the tables holding
 //! what they must), × the best null consumer of the same round, the
 //! consumer's CPU seconds per 1k messages (`/proc/PID/stat` of the child
 //! just before it is stopped, so start-up is included; the null consumer's is
@@ -77,9 +77,20 @@ struct Row {
     peak_rss_mb: f64,
     pg_cores: f64,
     emulator_cores: f64,
-    /// Live runs: lag p50 and p99, and seconds from the publisher's end to the
-    /// last ack.
-    live: Option<(f64, f64, f64)>,
+    /// Live runs only.
+    live: Option<Live>,
+}
+
+/// A live run's freshness lag and whether the ingester kept up.
+#[derive(Clone, Copy)]
+struct Live {
+    p50: f64,
+    p99: f64,
+    /// Seconds from the publisher's end to the last ack (or to giving up).
+    after: f64,
+    /// Messages not yet acked when the phase gave up ([`LIVE_GRACE`] after
+    /// the publisher's end); 0 if it kept up.
+    behind: u64,
 }
 
 /// Runs `rounds` rounds of `items` and writes the table.
@@ -128,8 +139,9 @@ pub(crate) async fn run(o: &Options, items: &[Item], rounds: u32) -> anyhow::Res
                 row.label,
                 row.rate,
                 row.cpu_per_1k,
-                row.live.map_or(String::new(), |(p50, p99, after)| format!(
-                    ", lag p50 {p50:.2} s p99 {p99:.2} s, done {after:.1} s after the publisher"
+                row.live.map_or(String::new(), |l| format!(
+                    ", lag p50 {:.2} s p99 {:.2} s, {:.1} s after the publisher, {} behind",
+                    l.p50, l.p99, l.after, l.behind
                 ))
             );
             rows.push(row);
@@ -187,8 +199,13 @@ struct Phase<'a> {
     expected: &'a super::Expected,
 }
 
+/// How long after the publisher's end a live phase waits for the ingester to
+/// catch up before it counts it as fallen behind.
+const LIVE_GRACE: Duration = Duration::from_secs(20);
+
 /// `mini-scan ingest` from `p.bin` on `p.sub`, until it has acked every
-/// message and the tables hold what they must.
+/// message and the tables hold what they must (live: or until [`LIVE_GRACE`]
+/// after the publisher's end).
 async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Result<Row> {
     let o = p.o;
     let (pg0, em0) = (server_cpu(pg), support::tree_cpu(em.pid()));
@@ -203,7 +220,7 @@ async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Re
     let db = support::provision::connect(p.url).await?;
     let mut published_at = None;
     let deadline = started + super::PHASE_TIMEOUT;
-    let (page, done) = loop {
+    let (page, done, n) = loop {
         tokio::time::sleep(super::POLL).await;
         if let Some(status) = child.try_wait()? {
             bail!("{} exited early: {status}", p.item.label);
@@ -219,11 +236,14 @@ async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Re
         }
         let page = scrape_all(&[addr]).await.remove(0);
         let (rows, dead) = counts(&db).await?;
-        if acked(&page) as u64 >= o.messages
-            && rows as u64 == p.expected.keys
-            && dead as u64 == p.expected.dead
-        {
-            break (page, Instant::now());
+        let n = acked(&page) as u64;
+        if n >= o.messages && rows as u64 == p.expected.keys && dead as u64 == p.expected.dead {
+            break (page, Instant::now(), n);
+        }
+        // Live: one that has not caught up soon after the publisher stopped
+        // did not keep up; what it has not acked is its backlog.
+        if published_at.is_some_and(|t: Instant| t.elapsed() > LIVE_GRACE) {
+            break (page, Instant::now(), n);
         }
         if Instant::now() > deadline {
             bail!("{} did not drain the backlog in time", p.item.label);
@@ -238,17 +258,21 @@ async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Re
     }
     stop(&mut child).await;
     let live = o.feed_rate.map(|_| {
-        // The publisher is seen done at most one poll late; 0 if it was not
-        // seen done before the last ack.
-        let after = published_at.map_or(0.0, |t| (done - t).as_secs_f64());
         let lag = lag_buckets(&page);
-        (quantile(&lag, 0.5), quantile(&lag, 0.99), after)
+        Live {
+            p50: quantile(&lag, 0.5),
+            p99: quantile(&lag, 0.99),
+            // The publisher is seen done at most one poll late; 0 if it was
+            // not seen done before the last ack.
+            after: published_at.map_or(0.0, |t| (done - t).as_secs_f64()),
+            behind: o.messages.saturating_sub(n),
+        }
     });
     Ok(Row {
         round: 0,
         label: p.item.label.clone(),
-        rate: o.messages as f64 / secs,
-        cpu_per_1k: cpu.as_secs_f64() / (o.messages as f64 / 1000.0),
+        rate: n as f64 / secs,
+        cpu_per_1k: cpu.as_secs_f64() / (n.max(1) as f64 / 1000.0),
         peak_rss_mb: peak_kb as f64 / 1024.0,
         pg_cores: (pg1 - pg0).as_secs_f64() / secs,
         emulator_cores: (em1 - em0).as_secs_f64() / secs,
@@ -398,20 +422,21 @@ fn report(o: &Options, items: &[Item], rounds: u32, rows: &[Row]) -> String {
     };
     let _ = writeln!(
         s,
-        "| round | consumer | msg/s | × best null | CPU s / 1k msg | peak RSS MB | PostgreSQL cores | emulator cores | lag p50 s | lag p99 s | done after publisher s |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| round | consumer | msg/s | × best null | CPU s / 1k msg | peak RSS MB | PostgreSQL cores | emulator cores | lag p50 s | lag p99 s | done after publisher s | not acked then |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
-        let (p50, p99, after) = r.live.map_or(("".into(), "".into(), "".into()), |l| {
+        let (p50, p99, after, behind) = r.live.map_or(Default::default(), |l| {
             (
-                format!("{:.2}", l.0),
-                format!("{:.2}", l.1),
-                format!("{:.1}", l.2),
+                format!("{:.2}", l.p50),
+                format!("{:.2}", l.p99),
+                format!("{:.1}", l.after),
+                l.behind.to_string(),
             )
         });
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.2} | {:.4} | {:.1} | {:.2} | {:.2} | {p50} | {p99} | {after} |",
+            "| {} | {} | {:.0} | {:.2} | {:.4} | {:.1} | {:.2} | {:.2} | {p50} | {p99} | {after} | {behind} |",
             r.round,
             r.label,
             r.rate,
@@ -454,12 +479,18 @@ fn is_null(items: &[Item], label: &str) -> bool {
     items.iter().any(|i| i.label == label && i.binary.is_none())
 }
 
-/// Minimum, median, maximum.
+/// Minimum, median (the mean of the middle two of an even count), maximum.
 fn stats(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
     let mut v: Vec<f64> = values.collect();
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         return (f64::NAN, f64::NAN, f64::NAN);
     }
-    (v[0], v[v.len() / 2], v[v.len() - 1])
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (v[0], median, v[n - 1])
 }
