@@ -9,7 +9,8 @@
 //! in the listed order in even rounds and in reverse in odd ones (A B B A), so
 //! a drift of the emulator over the run favours nobody. Each item gets its own
 //! topic and subscription, with the same messages published to it, and each
-//! `mini-scan ingest` its own fresh database.
+//! `mini-scan ingest` its own fresh database. A live phase's subscription is
+//! deleted after it, with whatever the ingester left unacked.
 //!
 //! Measured per item: msg/s (messages acked over the time from spawn to the last ack) (and the tables holding
 //! what they must), × the best null consumer of the same round, the
@@ -104,6 +105,7 @@ pub(crate) async fn run(o: &Options, items: &[Item], rounds: u32) -> anyhow::Res
         project: PROJECT.into(),
         emulator_host: Some(em.host.clone()),
     };
+    let admin = cfg.subscription_admin().await?;
     let mut rows = Vec::new();
     let mut phase = 0;
     for round in 0..rounds {
@@ -133,6 +135,18 @@ pub(crate) async fn run(o: &Options, items: &[Item], rounds: u32) -> anyhow::Res
                 }
             };
             row.round = round + 1;
+            // A live phase may leave messages unacked; the emulator slows
+            // down under every backlog it holds, so drop them with their
+            // subscription before the next phase.
+            if o.feed_rate.is_some()
+                && let Err(e) = admin
+                    .delete_subscription()
+                    .set_subscription(cfg.subscription_path(&sub))
+                    .send()
+                    .await
+            {
+                eprintln!("cannot delete subscription {sub}: {e}");
+            }
             eprintln!(
                 "round {} {}: {:.0} msg/s, {:.4} CPU s per 1k msg{}",
                 row.round,
