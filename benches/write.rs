@@ -39,6 +39,8 @@
 //! strategies at every batch size, `--repeat` rounds interleaved, no variants
 //! or sweep).
 
+#[path = "write/pooler.rs"]
+mod pooler;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -90,14 +92,6 @@ const RAW_TABLE: &str = "
 
 const RAW_COPY: &str = "COPY bench_raw (ip, port, service, last_scanned, response, response_raw, \
                         published_at, message_id) FROM STDIN (FORMAT binary)";
-
-/// The staging table as the session-scoped path made it: once per connection.
-const SESSION_STAGE_TABLE: &str = "
-    CREATE TEMPORARY TABLE IF NOT EXISTS scan_stage (
-        ip inet NOT NULL, port integer NOT NULL, service text NOT NULL,
-        last_scanned timestamptz NOT NULL, response text NOT NULL, response_raw bytea,
-        published_at timestamptz NOT NULL, message_id text COLLATE \"C\" NOT NULL
-    ) ON COMMIT DELETE ROWS";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Strategy {
@@ -244,7 +238,9 @@ async fn write_batch(
 ) -> Result<(), tokio_postgres::Error> {
     match strategy {
         Strategy::Ours | Strategy::Sink => sql::commit(client, rows, &[]).await.map(drop),
-        Strategy::Session | Strategy::SessionCount => session_commit(strategy, client, rows).await,
+        Strategy::Session | Strategy::SessionCount => {
+            pooler::session_commit(strategy, client, rows).await
+        }
         Strategy::RawCopy => {
             let tx = client.transaction().await?;
             let stmt = tx.prepare_cached(RAW_COPY).await?;
@@ -308,39 +304,6 @@ async fn write_batch(
             tx.commit().await
         }
     }
-}
-
-/// The upsert without `RETURNING`.
-fn upsert_count() -> &'static str {
-    let upsert = sql::UPSERT.trim_end();
-    upsert
-        .strip_suffix("RETURNING message_id")
-        .unwrap_or(upsert)
-}
-
-/// The session-scoped write: the connection's temporary table (made before
-/// the clock), the COPY and the upsert as cached named statements.
-async fn session_commit(
-    strategy: Strategy,
-    client: &mut Conn,
-    rows: &[&Scan],
-) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    let copy = tx.prepare_cached(sql::COPY).await?;
-    let sink = tx.copy_in(&copy).await?;
-    let writer = BinaryCopyInWriter::new(sink, &sql::COPY_TYPES);
-    pin_mut!(writer);
-    sql::copy_rows(writer.as_mut(), rows).await?;
-    writer.finish().await?;
-    if strategy == Strategy::Session {
-        let upsert = tx.prepare_cached(sql::UPSERT).await?;
-        let returned = tx.query(&upsert, &[]).await?;
-        sql::changed_rows(rows, &returned)?;
-    } else {
-        let upsert = tx.prepare_cached(upsert_count()).await?;
-        tx.execute(&upsert, &[]).await?;
-    }
-    tx.commit().await
 }
 
 /// Writes `rows` in `batch`-sized chunks on one connection; with a cache,
@@ -449,7 +412,7 @@ async fn run(
         for _ in 0..writers {
             let c = pool.get().await?;
             if matches!(strategy, Strategy::Session | Strategy::SessionCount) {
-                c.batch_execute(SESSION_STAGE_TABLE).await?;
+                c.batch_execute(pooler::SESSION_STAGE_TABLE).await?;
             }
             held.push(c);
         }
@@ -597,7 +560,7 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     let rows = support::scans(o.rows, o.keys, 0.2, 1);
     let total_started = Instant::now();
     if o.pooler {
-        return pooler(&o, &pg, &rows, &version).await;
+        return pooler::run(&o, &pg, &rows, &version).await;
     }
 
     // 1. The four strategies at each batch size.
@@ -982,68 +945,4 @@ fn plot(path: &std::path::Path, sweep: &[Measured], o: &Options) -> anyhow::Resu
         .draw()?;
     root.present()?;
     Ok(())
-}
-
-/// `--pooler`: the pooler-safe write path (`copy_upsert`) against the
-/// session-scoped one, with and without `RETURNING`, at every batch size,
-/// `repeat` rounds interleaved (the order reversed every other round).
-async fn pooler(o: &Options, pg: &Postgres, rows: &[Scan], version: &str) -> anyhow::Result<()> {
-    let mut strategies = [Strategy::Ours, Strategy::Session, Strategy::SessionCount];
-    let mut all: Vec<Measured> = Vec::new();
-    for round in 0..o.repeat {
-        eprintln!(
-            " pooler-safe vs session-scoped, round {} of {}",
-            round + 1,
-            o.repeat
-        );
-        for &batch in &o.batches {
-            for s in strategies {
-                all.push(run(pg, rows, s, batch, Variant::default(), "baseline").await?);
-            }
-        }
-        strategies.reverse();
-    }
-    let mut r = String::new();
-    let _ = writeln!(
-        r,
-        "## Pooler-safe against session-scoped write path: {} rows over {} keys, PostgreSQL {version}\n\n\
-         Machine: {}. Median of {} interleaved rounds; × pooler-safe is the ratio of the medians.\n\n\
-         | strategy | batch | rows/s | min – max | × pooler-safe | PostgreSQL cores | bench process cores |\n\
-         |---|---:|---:|---:|---:|---:|---:|",
-        o.rows,
-        o.keys,
-        support::machine(),
-        o.repeat
-    );
-    let median = |s: Strategy, batch: usize, f: &dyn Fn(&Measured) -> f64| {
-        let mut v: Vec<f64> = all
-            .iter()
-            .filter(|m| m.strategy == s && m.batch == batch)
-            .map(f)
-            .collect();
-        v.sort_by(f64::total_cmp);
-        (v[0], v[v.len() / 2], v[v.len() - 1])
-    };
-    for &batch in &o.batches {
-        let ours = median(Strategy::Ours, batch, &Measured::rate).1;
-        for s in [Strategy::Ours, Strategy::Session, Strategy::SessionCount] {
-            let (lo, mid, hi) = median(s, batch, &Measured::rate);
-            let server = median(s, batch, &|m| m.server_cpu / m.secs).1;
-            let client = median(s, batch, &|m| m.client_cpu / m.secs).1;
-            let _ = writeln!(
-                r,
-                "| `{}` | {batch} | {mid:.0} | {lo:.0} – {hi:.0} | {:.3} | {server:.2} | {client:.2} |",
-                s.id(),
-                mid / ours
-            );
-        }
-    }
-    let _ = writeln!(r, "\nTook {:.0} s.", total(all.iter()));
-    println!("{r}");
-    std::fs::write(support::out_dir().join("write-pooler.md"), &r)?;
-    Ok(())
-}
-
-fn total<'a>(all: impl Iterator<Item = &'a Measured>) -> f64 {
-    all.map(|m| m.secs).sum()
 }
