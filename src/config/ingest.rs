@@ -41,8 +41,8 @@ pub mod defaults {
     pub const DB_POOL_SIZE: u32 = WRITE_CONCURRENCY * WRITE_PARTITIONS;
     /// Several streams side by side, because the emulator and the service
     /// both cap what one stream delivers (the emulator about 2k msg/s). 16
-    /// streams of 500 drained a backlog at 0.99-1.00x the best null consumer
-    /// where 8 of 1000 reached 0.73-0.76x (docs/BENCHMARKS.md, section 8).
+    /// streams of 500 drained a backlog at 0.99-1.32x the best null consumer
+    /// where 8 of 1000 reached 0.65-0.93x (docs/BENCHMARKS.md, section 8).
     pub const STREAMS: u32 = 16;
     /// Per stream; with the streams, bounds the messages held in memory:
     /// 16 x 500 keeps the 8,000-message window of the former 8 x 1000.
