@@ -15,17 +15,21 @@
 //! processes, reported as cores busy), and the freshness lag from the table.
 //! Writes `target/bench/e2e.md`.
 //!
-//! Options: `--messages N` (200000), `--keys N` (100000), `--streams N` (8),
-//! `--max-outstanding N` (1000 per stream), `--batch-rows N` (1000),
+//! Options: `--messages N` (200000), `--keys N` (100000), `--streams N` and
+//! `--max-outstanding N` (per stream; both default to the ingester's), `--batch-rows N` (1000),
 //! `--write-concurrency N`, `--write-partitions N` (default: the ingester's),
 //! `--no-null` (skip the null consumer), `--feed-rate R` (publish while the
 //! ingester runs, at R messages/s, from a separate `mini-scan scan` process,
 //! instead of a backlog up front; implies `--no-null`), `--replicas 1,2,4`
 //! (replica scaling instead: N `mini-scan ingest` processes per count, see
-//! `e2e/replicas.rs`). The emulator slows
+//! `e2e/replicas.rs`), `--matrix SPEC --rounds N` (consumers interleaved in
+//! one run, e.g. two builds A/B or stream counts, see `e2e/matrix.rs`; with
+//! `--feed-rate`, live). The emulator slows
 //! to ~1k msg/s under a 1M-message backlog, so the memory run feeds:
 //! `-- --messages 1000000 --keys 1000000 --feed-rate 8000`.
 
+#[path = "e2e/matrix.rs"]
+mod matrix;
 #[path = "e2e/replicas.rs"]
 mod replicas;
 #[path = "support/mod.rs"]
@@ -69,20 +73,24 @@ struct Options {
     null: bool,
     feed_rate: Option<f64>,
     replicas: Option<Vec<u32>>,
+    matrix: Option<Vec<matrix::Item>>,
+    rounds: u32,
 }
 
 fn options() -> anyhow::Result<Options> {
     let mut o = Options {
         messages: 200_000,
         keys: 100_000,
-        streams: 8,
-        max_outstanding: 1000,
+        streams: mini_scan::config::defaults::STREAMS,
+        max_outstanding: mini_scan::config::defaults::MAX_OUTSTANDING_MESSAGES,
         batch_rows: 1000,
         write_concurrency: None,
         write_partitions: None,
         null: true,
         feed_rate: None,
         replicas: None,
+        matrix: None,
+        rounds: 3,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -105,6 +113,8 @@ fn options() -> anyhow::Result<Options> {
                 let counts = list.split(',').map(str::parse).collect::<Result<_, _>>();
                 o.replicas = Some(counts.with_context(|| format!("--replicas {list}"))?);
             }
+            "--matrix" => o.matrix = Some(matrix::parse(&value()?)?),
+            "--rounds" => o.rounds = value()?.parse()?,
             _ => {} // `cargo bench` passes `--bench`
         }
     }
@@ -134,8 +144,13 @@ const SEED: u64 = 2024;
 
 /// Generates `o.messages` messages, publishing them unless `publish` is
 /// false; returns what they must yield.
-async fn publish(cfg: &PubsubConfig, o: &Options, publish: bool) -> anyhow::Result<Expected> {
-    let publisher = cfg.publisher(&cfg.topic_path(TOPIC), 1000).await?;
+async fn publish(
+    cfg: &PubsubConfig,
+    topic: &str,
+    o: &Options,
+    publish: bool,
+) -> anyhow::Result<Expected> {
+    let publisher = cfg.publisher(&cfg.topic_path(topic), 1000).await?;
     let mut generator = Generator::new(GenConfig {
         keys: Some(o.keys),
         v1_ratio: 0.5,
@@ -231,15 +246,15 @@ impl Phase {
 }
 
 /// Pulls and acks on receipt through the ingester's own source, until `n`
-/// messages are acked.
-async fn null_consumer(cfg: &PubsubConfig, o: &Options, n: u64) -> anyhow::Result<()> {
+/// messages of subscription `sub` are acked.
+async fn null_consumer(cfg: &PubsubConfig, sub: &str, o: &Options, n: u64) -> anyhow::Result<()> {
     let client = cfg.subscriber(o.streams as usize).await?;
     let admin = cfg.subscription_admin().await?;
     let source = PubsubSource::new(
         client,
         admin,
         SourceConfig {
-            subscription: cfg.subscription_path(NULL_SUB),
+            subscription: cfg.subscription_path(sub),
             streams: o.streams as usize,
             max_outstanding_messages: i64::from(o.max_outstanding),
             max_outstanding_bytes: 10 * 1024 * 1024,
@@ -267,8 +282,14 @@ async fn null_consumer(cfg: &PubsubConfig, o: &Options, n: u64) -> anyhow::Resul
     Ok(())
 }
 
-/// `mini-scan scan` publishing the bench's messages at `rate` per second.
-fn feeder(host: &str, o: &Options, rate: f64) -> anyhow::Result<tokio::process::Child> {
+/// `mini-scan scan` publishing the bench's messages to `topic` at `rate` per
+/// second.
+fn feeder(
+    host: &str,
+    topic: &str,
+    o: &Options,
+    rate: f64,
+) -> anyhow::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mini-scan"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("MINISCAN_") {
@@ -282,7 +303,7 @@ fn feeder(host: &str, o: &Options, rate: f64) -> anyhow::Result<tokio::process::
         "--emulator-host",
         host,
         "--topic",
-        TOPIC,
+        topic,
     ])
     .args([
         "--rate",
@@ -351,6 +372,9 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     if let Some(counts) = &o.replicas {
         return replicas::run(&o, counts).await;
     }
+    if let Some(items) = &o.matrix {
+        return matrix::run(&o, items, o.rounds).await;
+    }
     let pg = Postgres::start().await?;
     let em = tokio::task::block_in_place(Emulator::start)?;
     let cfg = PubsubConfig {
@@ -363,7 +387,7 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    let expected = publish(&cfg, &o, o.feed_rate.is_none()).await?;
+    let expected = publish(&cfg, TOPIC, &o, o.feed_rate.is_none()).await?;
     let publish_secs = started.elapsed().as_secs_f64();
     eprintln!(
         "generated (and, without --feed-rate, published) {} messages in {publish_secs:.1} s ({:.0}/s); expecting {} rows and {} dead letters",
@@ -376,7 +400,7 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     let mut phases = Vec::new();
     if o.null {
         let a = Cpu::now(&pg, &em);
-        null_consumer(&cfg, &o, o.messages).await?;
+        null_consumer(&cfg, NULL_SUB, &o, o.messages).await?;
         let p = Phase::between(
             "null consumer (pull + ack on receipt)",
             o.messages,
@@ -423,7 +447,7 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     // runs, by `mini-scan scan` in a process of its own (its memory and CPU
     // are not the ingester's).
     let _feeder = match o.feed_rate {
-        Some(rate) => Some(feeder(&em.host, &o, rate)?),
+        Some(rate) => Some(feeder(&em.host, TOPIC, &o, rate)?),
         None => None,
     };
     let done = async {

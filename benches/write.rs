@@ -11,6 +11,13 @@
 //! * `copy_upsert` (ours): `mini_scan::stages::write::sql::commit` through a
 //!   `mini_scan::db::pool` connection: binary COPY into the per-connection
 //!   temporary table, then one `INSERT .. SELECT .. ON CONFLICT DO UPDATE`.
+//! * `copy_upsert_session`: the same SQL the session-scoped way (before the
+//!   pooler-safe path of issue 8): the temporary table created once per
+//!   connection, before the clock, and the COPY and the upsert as named
+//!   statements cached per connection (`prepare_cached`). Not pooler-safe.
+//! * `copy_upsert_session_count`: the same without the upsert's `RETURNING
+//!   message_id` (the upsert reports a row count only): the SQL of commit
+//!   2e9ce1c, before per-message stored/superseded outcomes.
 //! * `unnest_upsert`: one `INSERT .. SELECT FROM UNNEST($1::inet[], ..)`
 //!   upsert per batch (what the original Go ingester did).
 //! * `row_by_row`: a prepared single-row upsert per row, one transaction per
@@ -25,9 +32,15 @@
 //! `--batches 1000,10000`, `--sweep 100,500,1000,2000,5000,10000,20000`
 //! (empty: no sweep), `--no-variants`, `--no-row-by-row`, `--repeat N`
 //! (rounds of the variants, reported as the median; default 3), `--only
-//! ID,..` (only these strategies: raw_copy, copy_upsert, unnest_upsert,
-//! row_by_row, pg_sink; e.g. to profile one).
+//! ID,..` (only these strategies: raw_copy, copy_upsert,
+//! copy_upsert_session, copy_upsert_session_count, unnest_upsert, row_by_row,
+//! pg_sink; e.g. to profile one), `--pooler` (only the pooler-safe path
+//! against the session-scoped ones: `copy_upsert` and both `copy_upsert_session`
+//! strategies at every batch size, `--repeat` rounds interleaved, no variants
+//! or sweep).
 
+#[path = "write/pooler.rs"]
+mod pooler;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -84,6 +97,10 @@ const RAW_COPY: &str = "COPY bench_raw (ip, port, service, last_scanned, respons
 enum Strategy {
     RawCopy,
     Ours,
+    /// Temp table once per connection, named statements (not pooler-safe).
+    Session,
+    /// `Session` without `RETURNING` (2e9ce1c's SQL).
+    SessionCount,
     Unnest,
     RowByRow,
     /// The ingester's whole write stage: `PgSink` (merge, partitions, commit
@@ -96,6 +113,10 @@ impl Strategy {
         match self {
             Strategy::RawCopy => "raw binary COPY, unindexed table (ceiling)",
             Strategy::Ours => "ours: binary COPY → temp table → one upsert",
+            Strategy::Session => {
+                "ours, session-scoped: temp table per connection, named statements"
+            }
+            Strategy::SessionCount => "session-scoped, upsert without RETURNING (2e9ce1c)",
             Strategy::Unnest => "one INSERT .. SELECT FROM UNNEST upsert (Go ingester)",
             Strategy::RowByRow => "row-by-row prepared upsert, 1 tx per batch",
             Strategy::Sink => "the ingester's write stage (PgSink)",
@@ -105,6 +126,8 @@ impl Strategy {
         match self {
             Strategy::RawCopy => "raw_copy",
             Strategy::Ours => "copy_upsert",
+            Strategy::Session => "copy_upsert_session",
+            Strategy::SessionCount => "copy_upsert_session_count",
             Strategy::Unnest => "unnest_upsert",
             Strategy::RowByRow => "row_by_row",
             Strategy::Sink => "pg_sink",
@@ -153,6 +176,8 @@ struct Options {
     repeat: usize,
     /// Run only these strategies (ids), e.g. for profiling one.
     only: Vec<String>,
+    /// Only the pooler-safe path against the session-scoped ones.
+    pooler: bool,
 }
 
 impl Options {
@@ -182,6 +207,7 @@ fn options() -> anyhow::Result<Options> {
         row_by_row: true,
         repeat: 3,
         only: Vec::new(),
+        pooler: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -195,6 +221,7 @@ fn options() -> anyhow::Result<Options> {
             "--no-row-by-row" => o.row_by_row = false,
             "--repeat" => o.repeat = value()?.parse::<usize>()?.max(1),
             "--only" => o.only = value()?.split(',').map(str::to_string).collect(),
+            "--pooler" => o.pooler = true,
             // `cargo bench` passes `--bench`; criterion-style filters are ignored.
             _ => {}
         }
@@ -211,6 +238,9 @@ async fn write_batch(
 ) -> Result<(), tokio_postgres::Error> {
     match strategy {
         Strategy::Ours | Strategy::Sink => sql::commit(client, rows, &[]).await.map(drop),
+        Strategy::Session | Strategy::SessionCount => {
+            pooler::session_commit(strategy, client, rows).await
+        }
         Strategy::RawCopy => {
             let tx = client.transaction().await?;
             let stmt = tx.prepare_cached(RAW_COPY).await?;
@@ -375,11 +405,16 @@ async fn run(
         variant.partitions.max(variant.concurrency).max(1)
     };
     let pool = mini_scan::db::pool(cfg, writers);
-    // Connect (and create the temporary tables) before the clock starts.
+    // Connect (and, session-scoped, create the temporary tables) before the
+    // clock starts.
     {
         let mut held = Vec::new();
         for _ in 0..writers {
-            held.push(pool.get().await?);
+            let c = pool.get().await?;
+            if matches!(strategy, Strategy::Session | Strategy::SessionCount) {
+                c.batch_execute(pooler::SESSION_STAGE_TABLE).await?;
+            }
+            held.push(c);
         }
     }
     let refs: Vec<&Scan> = rows.iter().collect();
@@ -519,6 +554,9 @@ async fn bench(o: Options) -> anyhow::Result<()> {
         .get(0);
     let rows = support::scans(o.rows, o.keys, 0.2, 1);
     let total_started = Instant::now();
+    if o.pooler {
+        return pooler::run(&o, &pg, &rows, &version).await;
+    }
 
     // 1. The four strategies at each batch size.
     let mut main: Vec<Measured> = Vec::new();

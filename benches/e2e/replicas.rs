@@ -81,12 +81,12 @@ async fn one(o: &Options, n: u32) -> anyhow::Result<Row> {
     };
     cfg.ensure(TOPIC, INGEST_SUB, 60).await?;
     cfg.ensure(TOPIC, NULL_SUB, 60).await?;
-    let expected = publish(&cfg, o, true).await?;
+    let expected = publish(&cfg, TOPIC, o, true).await?;
 
     let mut wide = o.clone();
     wide.streams = o.streams * n;
     let started = Instant::now();
-    null_consumer(&cfg, &wide, o.messages).await?;
+    null_consumer(&cfg, NULL_SUB, &wide, o.messages).await?;
     let ceiling = o.messages as f64 / started.elapsed().as_secs_f64();
 
     let db = pg.connect().await?;
@@ -203,7 +203,7 @@ fn spawn(
 }
 
 /// SIGTERM (the ingester's graceful stop), then SIGKILL after 15 s.
-async fn stop(child: &mut tokio::process::Child) {
+pub(crate) async fn stop(child: &mut tokio::process::Child) {
     if let Some(pid) = child.id() {
         // SAFETY: kill has no memory preconditions; the pid is our child's.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
@@ -217,7 +217,7 @@ async fn stop(child: &mut tokio::process::Child) {
 }
 
 /// Every replica's `/metrics` page; an empty page for one not answering yet.
-async fn scrape_all(addrs: &[SocketAddr]) -> Vec<String> {
+pub(crate) async fn scrape_all(addrs: &[SocketAddr]) -> Vec<String> {
     let mut pages = Vec::with_capacity(addrs.len());
     for addr in addrs {
         let page = match reqwest::get(format!("http://{addr}/metrics")).await {
@@ -229,7 +229,7 @@ async fn scrape_all(addrs: &[SocketAddr]) -> Vec<String> {
     pages
 }
 
-fn acked(page: &str) -> f64 {
+pub(crate) fn acked(page: &str) -> f64 {
     metric(page, "miniscan_acks_total{kind=\"ack\"}")
 }
 

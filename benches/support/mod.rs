@@ -25,6 +25,8 @@ use std::time::Duration;
 pub struct Postgres {
     /// Connection URL of the bench database.
     pub url: String,
+    /// The server's superuser URL, for more databases.
+    admin_url: String,
     /// Our own cluster, stopped on drop; `None` on `DATABASE_URL`'s server.
     cluster: Option<Cluster>,
 }
@@ -49,14 +51,18 @@ impl Postgres {
                 (cluster.admin_url(), Some(cluster))
             }
         };
-        let url = provision::create_database(&admin_url, Purpose::Benches)
-            .await?
-            .url;
-        let cfg = mini_scan::db::config(&url)?;
-        mini_scan::db::migrate(&cfg)
-            .await
-            .context("cannot apply the schema")?;
-        Ok(Self { url, cluster })
+        let url = database(&admin_url).await?;
+        Ok(Self {
+            url,
+            admin_url,
+            cluster,
+        })
+    }
+
+    /// Another fresh database on the same server, with the schema applied;
+    /// returns its URL.
+    pub async fn fresh_database(&self) -> anyhow::Result<String> {
+        database(&self.admin_url).await
     }
 
     /// The server's pid, when it is our child (for CPU accounting).
@@ -78,6 +84,19 @@ pub fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> an
         .enable_all()
         .build()?
         .block_on(f)
+}
+
+/// Creates a database with a random name on `admin_url`'s server and applies
+/// the schema with `mini_scan::db::migrate`; returns its URL.
+async fn database(admin_url: &str) -> anyhow::Result<String> {
+    let url = provision::create_database(admin_url, Purpose::Benches)
+        .await?
+        .url;
+    let cfg = mini_scan::db::config(&url)?;
+    mini_scan::db::migrate(&cfg)
+        .await
+        .context("cannot apply the schema")?;
+    Ok(url)
 }
 
 /// A fresh Pub/Sub emulator, killed when the handle drops.

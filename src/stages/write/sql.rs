@@ -37,7 +37,8 @@ pub const CREATE_STAGE_TABLE: &str = "
         message_id text COLLATE \"C\" NOT NULL
     ) ON COMMIT DELETE ROWS";
 
-const COPY: &str = "COPY scan_stage (ip, port, service, last_scanned, response, response_raw, \
+/// The staging table's COPY.
+pub const COPY: &str = "COPY scan_stage (ip, port, service, last_scanned, response, response_raw, \
                     published_at, message_id) FROM STDIN (FORMAT binary)";
 
 /// The column types of a COPY of scans, in the order [`copy_rows`] writes them.
@@ -61,7 +62,7 @@ pub const COPY_TYPES: [Type; 8] = [
 /// `RETURNING message_id` names the staged rows that changed the table (a row
 /// the `WHERE` keeps out returns nothing); message ids are unique among the
 /// staged rows, so this attributes each change to one message.
-const UPSERT: &str = "
+pub const UPSERT: &str = "
     INSERT INTO scan_results AS t
         (ip, port, service, last_scanned, response, response_raw, published_at, message_id, updated_at)
     SELECT ip, port, service, last_scanned, response, response_raw, published_at, message_id, now()
@@ -169,7 +170,7 @@ async fn copy_in(
 }
 
 /// Which of `scans` the upsert's `returned` message ids name.
-fn changed_rows(
+pub fn changed_rows(
     scans: &[&Scan],
     returned: &[tokio_postgres::Row],
 ) -> Result<Vec<bool>, tokio_postgres::Error> {

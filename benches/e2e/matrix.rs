@@ -1,0 +1,369 @@
+//! `--matrix SPEC [--rounds N] [--feed-rate R]`: consumers compared in one
+//! run, interleaved, on one fresh emulator and one PostgreSQL cluster, so that
+//! their ratios do not depend on how busy the machine was at another time.
+//!
+//! SPEC is a comma-separated list of `LABEL=KIND:STREAMS[:OUTSTANDING]`, KIND
+//! being `null` (the null consumer, in this process), `self` (the `mini-scan`
+//! cargo built with this bench) or the path of another `mini-scan` binary
+//! (say, a release build of an older commit). Every round runs each item once,
+//! in the listed order in even rounds and in reverse in odd ones (A B B A), so
+//! a drift of the emulator over the run favours nobody. Each item gets its own
+//! topic and subscription, with the same messages published to it, and each
+//! `mini-scan ingest` its own fresh database. A live phase's subscription is
+//! deleted after it, with whatever the ingester left unacked.
+//!
+//! Measured per item: msg/s (messages acked over the time from spawn to the last ack) (and the tables holding
+//! what they must), × the best null consumer of the same round, the
+//! consumer's CPU seconds per 1k messages (`/proc/PID/stat` of the child
+//! just before it is stopped, so start-up is included; the null consumer's is
+//! this process's CPU clock), its peak RSS, and PostgreSQL's and the
+//! emulator's cores. With `--feed-rate R`, the messages are published while
+//! the item runs, by `mini-scan scan --rate R`, instead of up front (only
+//! binaries then), and the table also gives the freshness lag from the
+//! ingester's own histogram (`miniscan_freshness_lag_seconds{reference=
+//! "publish"}`) and how long after the publisher the ingester finished.
+//! Writes `target/bench/e2e-matrix.md`.
+
+#[path = "matrix_report.rs"]
+mod report;
+
+use super::replicas::{acked, scrape_all, stop};
+use super::{Options, PROJECT, counts, feeder, null_consumer, publish};
+use crate::support::{self, Emulator, Postgres};
+use anyhow::{Context as _, bail};
+use mini_scan::pubsub::PubsubConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// One consumer to measure.
+#[derive(Clone, Debug)]
+pub(crate) struct Item {
+    label: String,
+    binary: Option<PathBuf>,
+    streams: u32,
+    outstanding: Option<u32>,
+}
+
+/// Parses `LABEL=KIND:STREAMS[:OUTSTANDING],...`.
+pub(crate) fn parse(spec: &str) -> anyhow::Result<Vec<Item>> {
+    spec.split(',')
+        .map(|entry| {
+            let bad = || format!("--matrix entry {entry:?}: want LABEL=KIND:STREAMS[:OUTSTANDING]");
+            let (label, rest) = entry.split_once('=').with_context(bad)?;
+            let mut parts = rest.split(':');
+            let kind = parts.next().with_context(bad)?;
+            let streams = parts.next().with_context(bad)?.parse().with_context(bad)?;
+            let outstanding = parts.next().map(str::parse).transpose().with_context(bad)?;
+            let binary = match kind {
+                "null" => None,
+                "self" => Some(PathBuf::from(env!("CARGO_BIN_EXE_mini-scan"))),
+                path => Some(PathBuf::from(path)),
+            };
+            Ok(Item {
+                label: label.to_string(),
+                binary,
+                streams,
+                outstanding,
+            })
+        })
+        .collect()
+}
+
+/// One item's figures in one round.
+struct Row {
+    round: u32,
+    label: String,
+    rate: f64,
+    cpu_per_1k: f64,
+    peak_rss_mb: f64,
+    pg_cores: f64,
+    emulator_cores: f64,
+    /// Live runs only.
+    live: Option<Live>,
+}
+
+/// A live run's freshness lag and whether the ingester kept up.
+#[derive(Clone, Copy)]
+struct Live {
+    p50: f64,
+    p99: f64,
+    /// Seconds from the publisher's end to the last ack (or to giving up).
+    after: f64,
+    /// Messages not yet acked when the phase gave up ([`LIVE_GRACE`] after
+    /// the publisher's end); 0 if it kept up.
+    behind: u64,
+}
+
+/// Runs `rounds` rounds of `items` and writes the table.
+pub(crate) async fn run(o: &Options, items: &[Item], rounds: u32) -> anyhow::Result<()> {
+    if o.feed_rate.is_some() && items.iter().any(|i| i.binary.is_none()) {
+        bail!("--feed-rate with --matrix runs binaries only, not the null consumer");
+    }
+    let pg = Postgres::start().await?;
+    let em = tokio::task::block_in_place(Emulator::start)?;
+    let cfg = PubsubConfig {
+        project: PROJECT.into(),
+        emulator_host: Some(em.host.clone()),
+    };
+    let admin = cfg.subscription_admin().await?;
+    let mut rows = Vec::new();
+    let mut phase = 0;
+    for round in 0..rounds {
+        let mut order: Vec<&Item> = items.iter().collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for item in order {
+            phase += 1;
+            let (topic, sub) = (format!("scans-{phase}"), format!("sub-{phase}"));
+            cfg.ensure(&topic, &sub, 60).await?;
+            let expected = publish(&cfg, &topic, o, o.feed_rate.is_none()).await?;
+            let mut row = match &item.binary {
+                None => null_phase(o, &cfg, &sub, item, &pg, &em).await?,
+                Some(bin) => {
+                    let url = pg.fresh_database().await?;
+                    let phase = Phase {
+                        o,
+                        item,
+                        bin,
+                        url: &url,
+                        topic: &topic,
+                        sub: &sub,
+                        expected: &expected,
+                    };
+                    ingest_phase(&phase, &pg, &em).await?
+                }
+            };
+            row.round = round + 1;
+            // A live phase may leave messages unacked; the emulator slows
+            // down under every backlog it holds, so drop them with their
+            // subscription before the next phase.
+            if o.feed_rate.is_some()
+                && let Err(e) = admin
+                    .delete_subscription()
+                    .set_subscription(cfg.subscription_path(&sub))
+                    .send()
+                    .await
+            {
+                eprintln!("cannot delete subscription {sub}: {e}");
+            }
+            eprintln!(
+                "round {} {}: {:.0} msg/s, {:.4} CPU s per 1k msg{}",
+                row.round,
+                row.label,
+                row.rate,
+                row.cpu_per_1k,
+                row.live.map_or(String::new(), |l| format!(
+                    ", lag p50 {:.2} s p99 {:.2} s, {:.1} s after the publisher, {} behind",
+                    l.p50, l.p99, l.after, l.behind
+                ))
+            );
+            rows.push(row);
+        }
+    }
+    let s = report::report(o, items, rounds, &rows);
+    println!("{s}");
+    std::fs::write(support::out_dir().join("e2e-matrix.md"), &s)?;
+    Ok(())
+}
+
+/// The null consumer on `sub`, in this process.
+async fn null_phase(
+    o: &Options,
+    cfg: &PubsubConfig,
+    sub: &str,
+    item: &Item,
+    pg: &Postgres,
+    em: &Emulator,
+) -> anyhow::Result<Row> {
+    let mut opts = o.clone();
+    opts.streams = item.streams;
+    opts.max_outstanding = item.outstanding.unwrap_or(o.max_outstanding);
+    let (pg0, em0) = (server_cpu(pg), support::tree_cpu(em.pid()));
+    let (cpu0, started) = (support::process_cpu(), Instant::now());
+    null_consumer(cfg, sub, &opts, o.messages).await?;
+    let (cpu, secs) = (
+        support::process_cpu() - cpu0,
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(Row {
+        round: 0,
+        label: item.label.clone(),
+        rate: o.messages as f64 / secs,
+        cpu_per_1k: cpu.as_secs_f64() / (o.messages as f64 / 1000.0),
+        peak_rss_mb: 0.0,
+        pg_cores: (server_cpu(pg) - pg0).as_secs_f64() / secs,
+        emulator_cores: (support::tree_cpu(em.pid()) - em0).as_secs_f64() / secs,
+        live: None,
+    })
+}
+
+fn server_cpu(pg: &Postgres) -> Duration {
+    pg.pid().map(support::tree_cpu).unwrap_or_default()
+}
+
+/// What an ingest phase runs on.
+struct Phase<'a> {
+    o: &'a Options,
+    item: &'a Item,
+    bin: &'a PathBuf,
+    url: &'a str,
+    topic: &'a str,
+    sub: &'a str,
+    expected: &'a super::Expected,
+}
+
+/// How long after the publisher's end a live phase waits for the ingester to
+/// catch up before it counts it as fallen behind.
+const LIVE_GRACE: Duration = Duration::from_secs(20);
+
+/// `mini-scan ingest` from `p.bin` on `p.sub`, until it has acked every
+/// message and the tables hold what they must (live: or until [`LIVE_GRACE`]
+/// after the publisher's end).
+async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Result<Row> {
+    let o = p.o;
+    let (pg0, em0) = (server_cpu(pg), support::tree_cpu(em.pid()));
+    let started = Instant::now();
+    let (mut child, addr) = spawn(p, &em.host)?;
+    let pid = child.id().context("the ingester has no pid")?;
+    let mut perf = profiler(pid, &p.item.label)?;
+    let mut feeder = match o.feed_rate {
+        Some(rate) => Some(feeder(&em.host, p.topic, o, rate)?),
+        None => None,
+    };
+    let db = support::provision::connect(p.url).await?;
+    let mut published_at = None;
+    let deadline = started + super::PHASE_TIMEOUT;
+    let (page, done, n) = loop {
+        tokio::time::sleep(super::POLL).await;
+        if let Some(status) = child.try_wait()? {
+            bail!("{} exited early: {status}", p.item.label);
+        }
+        if let Some(f) = feeder.as_mut()
+            && published_at.is_none()
+            && let Some(status) = f.try_wait()?
+        {
+            if !status.success() {
+                bail!("mini-scan scan failed: {status}");
+            }
+            published_at = Some(Instant::now());
+        }
+        let page = scrape_all(&[addr]).await.remove(0);
+        let (rows, dead) = counts(&db).await?;
+        let n = acked(&page) as u64;
+        if n >= o.messages && rows as u64 == p.expected.keys && dead as u64 == p.expected.dead {
+            break (page, Instant::now(), n);
+        }
+        // Live: one that has not caught up soon after the publisher stopped
+        // did not keep up; what it has not acked is its backlog.
+        if published_at.is_some_and(|t: Instant| t.elapsed() > LIVE_GRACE) {
+            break (page, Instant::now(), n);
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not drain the backlog in time", p.item.label);
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = support::pid_cpu(pid).unwrap_or_default();
+    let peak_kb = pid_status_kb(pid, "VmHWM").unwrap_or(0);
+    let (pg1, em1) = (server_cpu(pg), support::tree_cpu(em.pid()));
+    if let Some(perf) = perf.as_mut() {
+        stop(perf).await;
+    }
+    stop(&mut child).await;
+    let live = o.feed_rate.map(|_| {
+        let lag = report::lag_buckets(&page);
+        Live {
+            p50: report::quantile(&lag, 0.5),
+            p99: report::quantile(&lag, 0.99),
+            // The publisher is seen done at most one poll late; 0 if it was
+            // not seen done before the last ack.
+            after: published_at.map_or(0.0, |t| (done - t).as_secs_f64()),
+            behind: o.messages.saturating_sub(n),
+        }
+    });
+    Ok(Row {
+        round: 0,
+        label: p.item.label.clone(),
+        rate: n as f64 / secs,
+        cpu_per_1k: cpu.as_secs_f64() / (n.max(1) as f64 / 1000.0),
+        peak_rss_mb: peak_kb as f64 / 1024.0,
+        pg_cores: (pg1 - pg0).as_secs_f64() / secs,
+        emulator_cores: (em1 - em0).as_secs_f64() / secs,
+        live,
+    })
+}
+
+/// `mini-scan ingest` for phase `p`, its metrics on a free local port. Only
+/// flags every version since the bench's baseline knows.
+fn spawn(p: &Phase<'_>, host: &str) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    let o = p.o;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let log =
+        std::fs::File::create(support::out_dir().join(format!("e2e-matrix-{}.log", p.item.label)))?;
+    let mut cmd = tokio::process::Command::new(p.bin);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MINISCAN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(["ingest", "--database-url", p.url])
+        .args(["--project-id", PROJECT, "--emulator-host", host])
+        .args(["--subscription", p.sub])
+        .args(["--metrics-addr", &addr.to_string()])
+        .args(["--streams", &p.item.streams.to_string()])
+        .args(["--batch-max-rows", &o.batch_rows.to_string()]);
+    if let Some(n) = p.item.outstanding {
+        cmd.args(["--max-outstanding-messages", &n.to_string()]);
+    }
+    if let Some(n) = o.write_concurrency {
+        cmd.args(["--write-concurrency", &n.to_string()]);
+    }
+    if let Some(n) = o.write_partitions {
+        cmd.args(["--write-partitions", &n.to_string()]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {}", p.bin.display()))?;
+    Ok((child, addr))
+}
+
+/// With `MINISCAN_BENCH_PERF` set (to `perf record` options, e.g. `-F 999`),
+/// `perf record -e cpu-clock` attached to `pid`, writing
+/// `target/bench/perf-LABEL-PID.data`; stopped (SIGTERM) before the
+/// ingester. The ingester's CPU figures then include the sampling interrupts.
+fn profiler(pid: u32, label: &str) -> anyhow::Result<Option<tokio::process::Child>> {
+    let Some(opts) = std::env::var_os("MINISCAN_BENCH_PERF") else {
+        return Ok(None);
+    };
+    let out = support::out_dir().join(format!("perf-{label}-{pid}.data"));
+    let child = tokio::process::Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-p", &pid.to_string(), "-o"])
+        .arg(&out)
+        .args(opts.to_string_lossy().split_whitespace())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot run perf record")?;
+    Ok(Some(child))
+}
+
+/// A `/proc/PID/status` field in kB.
+fn pid_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
