@@ -351,6 +351,20 @@ fn settings(c: &IngestConfig) -> String {
     )
 }
 
+/// A fresh PostgreSQL and emulator, with [`TOPIC`] and each of `subs` on it.
+async fn servers(subs: &[&str]) -> anyhow::Result<(Postgres, Emulator, PubsubConfig)> {
+    let pg = Postgres::start().await?;
+    let em = tokio::task::block_in_place(Emulator::start)?;
+    let cfg = PubsubConfig {
+        project: PROJECT.into(),
+        emulator_host: Some(em.host.clone()),
+    };
+    for sub in subs {
+        cfg.ensure(TOPIC, sub, 60).await?;
+    }
+    Ok((pg, em, cfg))
+}
+
 fn main() -> anyhow::Result<()> {
     let o = options()?;
     // The ingester's own runtime shape: a multi-threaded runtime on every core.
@@ -375,16 +389,12 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     if let Some(items) = &o.matrix {
         return matrix::run(&o, items, o.rounds).await;
     }
-    let pg = Postgres::start().await?;
-    let em = tokio::task::block_in_place(Emulator::start)?;
-    let cfg = PubsubConfig {
-        project: PROJECT.into(),
-        emulator_host: Some(em.host.clone()),
+    let subs: &[&str] = if o.null {
+        &[INGEST_SUB, NULL_SUB]
+    } else {
+        &[INGEST_SUB]
     };
-    cfg.ensure(TOPIC, INGEST_SUB, 60).await?;
-    if o.null {
-        cfg.ensure(TOPIC, NULL_SUB, 60).await?;
-    }
+    let (pg, em, cfg) = servers(subs).await?;
 
     let started = Instant::now();
     let expected = publish(&cfg, TOPIC, &o, o.feed_rate.is_none()).await?;

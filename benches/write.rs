@@ -59,30 +59,37 @@ use std::time::{Duration, Instant};
 use support::Postgres;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
-const UNNEST: &str = "
+/// The newest-wins conflict clause both hand-written upserts end with.
+macro_rules! newest_wins {
+    () => {
+        "
+    ON CONFLICT (ip, port, service) DO UPDATE SET
+        last_scanned = EXCLUDED.last_scanned, response = EXCLUDED.response,
+        response_raw = EXCLUDED.response_raw, published_at = EXCLUDED.published_at,
+        message_id = EXCLUDED.message_id, updated_at = EXCLUDED.updated_at
+    WHERE (EXCLUDED.last_scanned, EXCLUDED.published_at, EXCLUDED.message_id)
+        > (t.last_scanned, t.published_at, t.message_id)"
+    };
+}
+
+const UNNEST: &str = concat!(
+    "
     INSERT INTO scan_results AS t
         (ip, port, service, last_scanned, response, response_raw, published_at, message_id, updated_at)
     SELECT ip, port, service, last_scanned, response, response_raw, published_at, message_id, now()
     FROM unnest($1::inet[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[], $6::bytea[],
                 $7::timestamptz[], $8::text[])
-        AS u(ip, port, service, last_scanned, response, response_raw, published_at, message_id)
-    ON CONFLICT (ip, port, service) DO UPDATE SET
-        last_scanned = EXCLUDED.last_scanned, response = EXCLUDED.response,
-        response_raw = EXCLUDED.response_raw, published_at = EXCLUDED.published_at,
-        message_id = EXCLUDED.message_id, updated_at = EXCLUDED.updated_at
-    WHERE (EXCLUDED.last_scanned, EXCLUDED.published_at, EXCLUDED.message_id)
-        > (t.last_scanned, t.published_at, t.message_id)";
+        AS u(ip, port, service, last_scanned, response, response_raw, published_at, message_id)",
+    newest_wins!()
+);
 
-const ROW: &str = "
+const ROW: &str = concat!(
+    "
     INSERT INTO scan_results AS t
         (ip, port, service, last_scanned, response, response_raw, published_at, message_id, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
-    ON CONFLICT (ip, port, service) DO UPDATE SET
-        last_scanned = EXCLUDED.last_scanned, response = EXCLUDED.response,
-        response_raw = EXCLUDED.response_raw, published_at = EXCLUDED.published_at,
-        message_id = EXCLUDED.message_id, updated_at = EXCLUDED.updated_at
-    WHERE (EXCLUDED.last_scanned, EXCLUDED.published_at, EXCLUDED.message_id)
-        > (t.last_scanned, t.published_at, t.message_id)";
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())",
+    newest_wins!()
+);
 
 const RAW_TABLE: &str = "
     CREATE TABLE IF NOT EXISTS bench_raw (

@@ -27,7 +27,7 @@
 #[path = "matrix_report.rs"]
 mod report;
 
-use super::replicas::{acked, scrape_all, stop};
+use super::replicas::{acked, ingest_command, scrape_all, spawn_logged, stop};
 use super::{Options, PROJECT, counts, feeder, null_consumer, publish};
 use crate::support::{self, Emulator, Postgres};
 use anyhow::{Context as _, bail};
@@ -267,7 +267,7 @@ async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Re
     };
     let secs = started.elapsed().as_secs_f64();
     let cpu = support::pid_cpu(pid).unwrap_or_default();
-    let peak_kb = pid_status_kb(pid, "VmHWM").unwrap_or(0);
+    let peak_kb = support::proc_status_kb(&pid.to_string(), "VmHWM").unwrap_or(0);
     let (pg1, em1) = (server_cpu(pg), support::tree_cpu(em.pid()));
     if let Some(perf) = perf.as_mut() {
         stop(perf).await;
@@ -299,39 +299,14 @@ async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Re
 /// `mini-scan ingest` for phase `p`, its metrics on a free local port. Only
 /// flags every version since the bench's baseline knows.
 fn spawn(p: &Phase<'_>, host: &str) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
-    let o = p.o;
     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let log =
-        std::fs::File::create(support::out_dir().join(format!("e2e-matrix-{}.log", p.item.label)))?;
-    let mut cmd = tokio::process::Command::new(p.bin);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MINISCAN_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.args(["ingest", "--database-url", p.url])
-        .args(["--project-id", PROJECT, "--emulator-host", host])
-        .args(["--subscription", p.sub])
-        .args(["--metrics-addr", &addr.to_string()])
-        .args(["--streams", &p.item.streams.to_string()])
-        .args(["--batch-max-rows", &o.batch_rows.to_string()]);
+    let mut cmd = ingest_command(p.bin.as_os_str(), p.o, p.url, host, p.sub, addr);
+    cmd.args(["--streams", &p.item.streams.to_string()]);
     if let Some(n) = p.item.outstanding {
         cmd.args(["--max-outstanding-messages", &n.to_string()]);
     }
-    if let Some(n) = o.write_concurrency {
-        cmd.args(["--write-concurrency", &n.to_string()]);
-    }
-    if let Some(n) = o.write_partitions {
-        cmd.args(["--write-partitions", &n.to_string()]);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", p.bin.display()))?;
-    Ok((child, addr))
+    let log = format!("e2e-matrix-{}.log", p.item.label);
+    Ok((spawn_logged(cmd, &log)?, addr))
 }
 
 /// With `MINISCAN_BENCH_PERF` set (to `perf record` options, e.g. `-F 999`),
@@ -354,16 +329,4 @@ fn profiler(pid: u32, label: &str) -> anyhow::Result<Option<tokio::process::Chil
         .spawn()
         .context("cannot run perf record")?;
     Ok(Some(child))
-}
-
-/// A `/proc/PID/status` field in kB.
-fn pid_status_kb(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }

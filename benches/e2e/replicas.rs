@@ -19,9 +19,8 @@
 use super::{
     INGEST_SUB, NULL_SUB, Options, PROJECT, TOPIC, counts, metric, null_consumer, publish,
 };
-use crate::support::{self, Emulator, Postgres};
+use crate::support;
 use anyhow::{Context as _, bail};
-use mini_scan::pubsub::PubsubConfig;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -73,14 +72,7 @@ pub(crate) async fn run(o: &Options, replicas: &[u32]) -> anyhow::Result<()> {
 
 /// One replica count on fresh servers.
 async fn one(o: &Options, n: u32) -> anyhow::Result<Row> {
-    let pg = Postgres::start().await?;
-    let em = tokio::task::block_in_place(Emulator::start)?;
-    let cfg = PubsubConfig {
-        project: PROJECT.into(),
-        emulator_host: Some(em.host.clone()),
-    };
-    cfg.ensure(TOPIC, INGEST_SUB, 60).await?;
-    cfg.ensure(TOPIC, NULL_SUB, 60).await?;
+    let (pg, em, cfg) = super::servers(&[INGEST_SUB, NULL_SUB]).await?;
     let expected = publish(&cfg, TOPIC, o, true).await?;
 
     let mut wide = o.clone();
@@ -167,26 +159,38 @@ fn spawn(
     host: &str,
     i: u32,
 ) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let bin = std::env::var_os("MINISCAN_BENCH_INGEST_BIN")
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_mini-scan").into());
-    let log = std::fs::File::create(support::out_dir().join(format!("e2e-replica-{i}.log")))?;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut cmd = ingest_command(&bin, o, url, host, INGEST_SUB, addr);
+    cmd.args(["--log-format", "json"])
+        .args(["--streams", &o.streams.to_string()])
+        .args(["--max-outstanding-messages", &o.max_outstanding.to_string()]);
+    Ok((spawn_logged(cmd, &format!("e2e-replica-{i}.log"))?, addr))
+}
+
+/// `mini-scan ingest` from `bin` with no inherited `MINISCAN_*` setting, on
+/// `host`'s emulator, `url` and `sub`, its metrics on `addr`, with the batch
+/// and write settings of `o` (only flags every version since the bench's
+/// baseline knows).
+pub(crate) fn ingest_command(
+    bin: &std::ffi::OsStr,
+    o: &Options,
+    url: &str,
+    host: &str,
+    sub: &str,
+    addr: SocketAddr,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(bin);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("MINISCAN_") {
             cmd.env_remove(key);
         }
     }
-    cmd.args(["ingest", "--log-format", "json", "--database-url", url])
+    cmd.args(["ingest", "--database-url", url])
         .args(["--project-id", PROJECT, "--emulator-host", host])
-        .args([
-            "--subscription",
-            INGEST_SUB,
-            "--metrics-addr",
-            &addr.to_string(),
-        ])
-        .args(["--streams", &o.streams.to_string()])
-        .args(["--max-outstanding-messages", &o.max_outstanding.to_string()])
+        .args(["--subscription", sub])
+        .args(["--metrics-addr", &addr.to_string()])
         .args(["--batch-max-rows", &o.batch_rows.to_string()]);
     if let Some(n) = o.write_concurrency {
         cmd.args(["--write-concurrency", &n.to_string()]);
@@ -194,12 +198,21 @@ fn spawn(
     if let Some(n) = o.write_partitions {
         cmd.args(["--write-partitions", &n.to_string()]);
     }
+    cmd
+}
+
+/// Starts `cmd` with its output in `log` under target/bench, killed on drop.
+pub(crate) fn spawn_logged(
+    mut cmd: tokio::process::Command,
+    log: &str,
+) -> anyhow::Result<tokio::process::Child> {
+    let log = std::fs::File::create(support::out_dir().join(log))?;
     cmd.stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true);
-    let child = cmd.spawn().context("cannot run mini-scan ingest")?;
-    Ok((child, addr))
+    cmd.spawn()
+        .with_context(|| format!("cannot run {:?}", cmd.as_std().get_program()))
 }
 
 /// SIGTERM (the ingester's graceful stop), then SIGKILL after 15 s.

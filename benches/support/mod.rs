@@ -177,7 +177,12 @@ fn children_of(pid: u32) -> Vec<u32> {
 
 /// A `/proc/self/status` field in kB (`VmHWM`, `VmRSS`).
 pub fn status_kb(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    proc_status_kb("self", field)
+}
+
+/// A `/proc/PID/status` field in kB, `pid` a number or `self`.
+pub fn proc_status_kb(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
