@@ -149,16 +149,27 @@ async fn dead_letters_replay(args: ReplayArgs) -> anyhow::Result<()> {
         "dead letters replayed"
     );
     print(run.json, &summary, || report::replay_table(&summary))?;
-    if let Some(path) = &run.metrics_file {
-        let text = report::replay_metrics(&summary, SystemTime::now(), started.elapsed());
-        report::write_atomically(path, &text)
-            .with_context(|| format!("cannot write --metrics-file {}", path.display()))?;
-    }
+    metrics_file(run.metrics_file.as_deref(), || {
+        report::replay_metrics(&summary, SystemTime::now(), started.elapsed())
+    })?;
     if summary.interrupted {
         anyhow::bail!(
             "interrupted after {} batches (each committed whole); run it again to go on",
             summary.batches
         );
+    }
+    Ok(())
+}
+
+/// Writes the run's metrics to `--metrics-file`, if one was given, replacing
+/// the file whole.
+fn metrics_file(
+    path: Option<&std::path::Path>,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        report::write_atomically(path, &text())
+            .with_context(|| format!("cannot write --metrics-file {}", path.display()))?;
     }
     Ok(())
 }
@@ -187,11 +198,9 @@ async fn dead_letters_purge(args: PurgeArgs) -> anyhow::Result<()> {
         "dead letters purged"
     );
     print(run.json, &summary, || report::purge_table(&summary))?;
-    if let Some(path) = &run.metrics_file {
-        let text = report::purge_metrics(&summary, SystemTime::now(), started.elapsed());
-        report::write_atomically(path, &text)
-            .with_context(|| format!("cannot write --metrics-file {}", path.display()))?;
-    }
+    metrics_file(run.metrics_file.as_deref(), || {
+        report::purge_metrics(&summary, SystemTime::now(), started.elapsed())
+    })?;
     if summary.interrupted {
         anyhow::bail!("interrupted; run it again to go on");
     }
