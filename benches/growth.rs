@@ -1,23 +1,32 @@
 //! The write stage as `scan_results` grows: `cargo bench --bench growth [-- OPTIONS]`.
 //!
-//! One fresh PostgreSQL cluster with durable commits and default checkpoint
-//! settings. The table is grown, by `INSERT .. SELECT FROM generate_series`
-//! on the server (one observation per key, keys in index order), to each
-//! size in turn; at
-//! each size the ingester's whole write stage (`PgSink`, at the ingester's
-//! defaults: 1,000-row batches, 2 in flight, 2 key partitions) writes a steady
-//! mix: updates of random existing keys, some new keys, and out-of-order
-//! scans (older than the stored row, so superseded). Reported per size:
-//! rows/s, p50/p99 batch commit time, WAL bytes per row (from
-//! `pg_current_wal_lsn()`), PostgreSQL's CPU, table and index size, and the
-//! share of HOT updates (`pg_stat_user_tables`). Tables go to stdout and to
-//! `target/bench/growth.{md,csv}`.
+//! One fresh PostgreSQL cluster with durable commits. The table is grown, by
+//! `INSERT .. SELECT FROM generate_series` on the server (one observation per
+//! key, keys in index order), to each size in turn, at PostgreSQL's default
+//! settings. At each size every variant (a set of server settings and a batch
+//! size) is measured in turn, in an order that rotates from size to size:
+//! its settings are applied with `ALTER SYSTEM` and a restart, `pg_prewarm`
+//! reads the index and then the heap into shared buffers (as far as they
+//! hold), a `CHECKPOINT` is taken, and the
+//! ingester's whole write stage (`PgSink`, at the ingester's defaults unless
+//! the variant sets `batch`: 1,000-row batches, 2 in flight, 2 key
+//! partitions) writes a steady mix: updates of random existing keys, some new
+//! keys, and out-of-order scans (older than the stored row, so superseded).
+//!
+//! Reported per size and variant: rows/s, p50/p99 batch commit time, WAL
+//! bytes per row (`pg_current_wal_lsn()`), PostgreSQL's CPU, blocks read into
+//! shared buffers and kB read from disk per row, checkpoints during the
+//! window, what the client backends waited on (`pg_stat_activity`, sampled
+//! every 50 ms), table and index size, and the share of HOT updates. Tables
+//! go to stdout and to `target/bench/growth.{md,csv}`; with `--plot PATH`
+//! rows/s and WAL/row against table size are drawn to PATH (docs/scaling.png).
 //!
 //! Options: `--sizes 1000000,10000000,50000000`, `--measure-rows N` (rows
-//! written at each size, default 300000), `--batch N` (default 1000),
-//! `--new-ratio F` (default 0.1), `--out-of-order F` (default 0.2),
-//! `--response-bytes N` (default 64), `--set name=value` (a server setting,
-//! repeatable, e.g. `--set wal_compression=lz4`), `--seed N`.
+//! written per size and variant, default 200000), `--variant NAME[:k=v,..]`
+//! (repeatable; `k` a server setting, or `batch` for rows per batch; default
+//! one variant `default` with no settings), `--batch N` (default for every
+//! variant: the ingester's), `--new-ratio F` (0.1), `--out-of-order F` (0.2),
+//! `--response-bytes N` (64), `--seed N`, `--plot PATH`.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -31,39 +40,90 @@ use mini_scan::stages::{Order, Record, Scan, ScanKey};
 use mini_scan::telemetry::Health;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::Postgres;
 
 /// The timestamp of every loaded row; updates are newer, out-of-order scans older.
 const T0: i64 = 1_700_000_000;
 const PORTS: [u16; 4] = [22, 80, 443, 8080];
-/// Rows per COPY transaction while growing.
+/// Rows per `INSERT .. SELECT` transaction while growing.
 const LOAD_CHUNK: u64 = 2_000_000;
+/// How often `pg_stat_activity` is sampled during a window.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+
+/// Server settings and a batch size, measured at every size.
+#[derive(Clone)]
+struct Variant {
+    name: String,
+    settings: Vec<(String, String)>,
+    batch: usize,
+    /// The table layout: `plain` (the migration's table), `ffN` (fillfactor
+    /// N) or `hashN` (N hash partitions by ip, each with the migration's
+    /// fillfactor).
+    table: String,
+}
 
 struct Options {
     sizes: Vec<u64>,
     measure_rows: usize,
-    batch: usize,
+    variants: Vec<Variant>,
     new_ratio: f64,
     out_of_order: f64,
     response_bytes: usize,
-    settings: Vec<(String, String)>,
     seed: u64,
+    plot: Option<std::path::PathBuf>,
+}
+
+/// `NAME` or `NAME:k=v,k=v`; `batch` is the client's rows per batch, any
+/// other `k` a server setting.
+fn variant(spec: &str, batch: usize) -> anyhow::Result<Variant> {
+    let (name, rest) = spec.split_once(':').unwrap_or((spec, ""));
+    anyhow::ensure!(!name.is_empty(), "--variant needs a name: {spec:?}");
+    let mut v = Variant {
+        name: name.to_owned(),
+        settings: Vec::new(),
+        batch,
+        table: "plain".to_owned(),
+    };
+    for kv in rest.split(',').filter(|kv| !kv.is_empty()) {
+        let (k, val) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--variant {spec:?}: {kv:?} is not name=value"))?;
+        anyhow::ensure!(
+            k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "--variant {spec:?}: {k:?} is not a setting name"
+        );
+        if k == "batch" {
+            v.batch = val.parse()?;
+            anyhow::ensure!(v.batch > 0, "--variant {spec:?}: batch must be > 0");
+        } else if k == "table" {
+            layout_ddl(val)?;
+            v.table = val.to_owned();
+        } else {
+            v.settings.push((k.to_owned(), val.to_owned()));
+        }
+    }
+    Ok(v)
 }
 
 fn options() -> anyhow::Result<Options> {
     let mut o = Options {
         sizes: vec![1_000_000, 10_000_000, 50_000_000],
-        measure_rows: 300_000,
-        batch: defaults::BATCH_MAX_ROWS as usize,
+        measure_rows: 200_000,
+        variants: Vec::new(),
         new_ratio: 0.1,
         out_of_order: 0.2,
         response_bytes: 64,
-        settings: Vec::new(),
         seed: 1,
+        plot: None,
     };
+    let mut batch = defaults::BATCH_MAX_ROWS as usize;
+    let mut specs = Vec::new();
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -78,24 +138,26 @@ fn options() -> anyhow::Result<Options> {
                     .collect::<Result<_, _>>()?
             }
             "--measure-rows" => o.measure_rows = value()?.parse()?,
-            "--batch" => o.batch = value()?.parse()?,
+            "--batch" => batch = value()?.parse()?,
+            "--variant" => specs.push(value()?),
             "--new-ratio" => o.new_ratio = value()?.parse()?,
             "--out-of-order" => o.out_of_order = value()?.parse()?,
             "--response-bytes" => o.response_bytes = value()?.parse()?,
             "--seed" => o.seed = value()?.parse()?,
-            "--set" => {
-                let v = value()?;
-                let (name, val) = v
-                    .split_once('=')
-                    .ok_or_else(|| anyhow::anyhow!("--set takes name=value, not {v:?}"))?;
-                o.settings.push((name.to_owned(), val.to_owned()));
-            }
+            "--plot" => o.plot = Some(value()?.into()),
             other => anyhow::bail!("unknown option {other:?}"),
         }
     }
+    if specs.is_empty() {
+        specs.push("default".to_owned());
+    }
+    o.variants = specs
+        .iter()
+        .map(|s| variant(s, batch))
+        .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(o.sizes.windows(2).all(|w| w[0] < w[1]), "--sizes must grow");
     anyhow::ensure!(
-        o.batch > 0 && o.measure_rows > 0,
+        batch > 0 && o.measure_rows > 0,
         "--batch and --measure-rows must be > 0"
     );
     Ok(o)
@@ -154,6 +216,116 @@ async fn grow(pg: &Postgres, from: u64, to: u64, response_bytes: usize) -> anyho
     Ok(())
 }
 
+/// The statements that create layout `name`'s table as `scan_results_<name>`,
+/// beside the migration's `scan_results` (`plain`, which needs none).
+fn layout_ddl(name: &str) -> anyhow::Result<Vec<String>> {
+    let like = |t: &str| format!("CREATE TABLE {t} (LIKE scan_results INCLUDING ALL)");
+    let table = format!("scan_results_{name}");
+    if name == "plain" {
+        Ok(Vec::new())
+    } else if let Some(ff) = name.strip_prefix("ff").and_then(|n| n.parse::<u8>().ok()) {
+        anyhow::ensure!(
+            (10..=100).contains(&ff),
+            "fillfactor {ff} is not in 10..=100"
+        );
+        Ok(vec![format!("{} WITH (fillfactor = {ff})", like(&table))])
+    } else if let Some(n) = name
+        .strip_prefix("hash")
+        .and_then(|n| n.parse::<u32>().ok())
+    {
+        anyhow::ensure!(n > 0, "hash0 has no partitions");
+        let mut ddl = vec![format!("{} PARTITION BY HASH (ip)", like(&table))];
+        ddl.extend((0..n).map(|i| {
+            format!(
+                "CREATE TABLE {table}_{i} PARTITION OF {table} \
+                 FOR VALUES WITH (MODULUS {n}, REMAINDER {i}) WITH (fillfactor = 80)"
+            )
+        }));
+        Ok(ddl)
+    } else {
+        anyhow::bail!("unknown table layout {name:?} (plain, ffN, hashN)")
+    }
+}
+
+/// The table layouts of a run, first the first variant's; each but the
+/// current one (named `scan_results`) is kept as `scan_results_<layout>`.
+struct Layouts {
+    current: String,
+}
+
+impl Layouts {
+    async fn create(pg: &Postgres, variants: &[Variant]) -> anyhow::Result<Self> {
+        let c = pg.connect().await?;
+        let mut made = vec!["plain".to_owned()];
+        for v in variants {
+            if !made.contains(&v.table) {
+                for stmt in layout_ddl(&v.table)? {
+                    c.batch_execute(&stmt).await?;
+                }
+                made.push(v.table.clone());
+            }
+        }
+        Ok(Self {
+            current: "plain".to_owned(),
+        })
+    }
+
+    /// Makes `layout`'s table the one named `scan_results`.
+    async fn switch(&mut self, pg: &Postgres, layout: &str) -> anyhow::Result<()> {
+        if self.current != layout {
+            let (from, to) = (&self.current, layout);
+            pg.connect()
+                .await?
+                .batch_execute(&format!(
+                    "BEGIN; ALTER TABLE scan_results RENAME TO scan_results_{from}; \
+                     ALTER TABLE scan_results_{to} RENAME TO scan_results; COMMIT"
+                ))
+                .await?;
+            self.current = layout.to_owned();
+        }
+        Ok(())
+    }
+}
+
+/// Makes `settings` the server's (`ALTER SYSTEM`, every other setting reset)
+/// and restarts it.
+async fn apply(pg: &Postgres, settings: &[(String, String)]) -> anyhow::Result<()> {
+    let c = pg.connect().await?;
+    c.batch_execute("ALTER SYSTEM RESET ALL").await?;
+    for (k, v) in settings {
+        c.batch_execute(&format!(
+            "ALTER SYSTEM SET {k} = '{}'",
+            v.replace('\'', "''")
+        ))
+        .await?;
+    }
+    drop(c);
+    pg.restart().await
+}
+
+/// Reads `scan_results`' indexes, then its heap, into shared buffers
+/// (`pg_prewarm`), as a server that has been running a while has them: a
+/// restart leaves them empty, which would favour small `shared_buffers`.
+async fn prewarm(pg: &Postgres) -> anyhow::Result<()> {
+    let c = pg.connect().await?;
+    c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        .await?;
+    c.batch_execute(
+        "SELECT pg_prewarm(r.oid) \
+         FROM (SELECT 'scan_results'::regclass AS relid \
+               UNION SELECT inhrelid FROM pg_inherits \
+               WHERE inhparent = 'scan_results'::regclass) t \
+         JOIN pg_index i ON i.indrelid = t.relid JOIN pg_class r ON r.oid = i.indexrelid \
+         WHERE r.relkind = 'i'; \
+         SELECT pg_prewarm(relid) FROM (SELECT 'scan_results'::regclass AS relid \
+               UNION SELECT inhrelid FROM pg_inherits \
+               WHERE inhparent = 'scan_results'::regclass) t \
+         WHERE (SELECT relkind FROM pg_class WHERE oid = t.relid) = 'r'",
+    )
+    .await?;
+    Ok(())
+}
+
 /// The steady mix written at one size: `rows` scans, in arrival order.
 fn mix(
     o: &Options,
@@ -188,54 +360,131 @@ fn mix(
         .collect()
 }
 
-/// What one size measured.
+/// What one variant measured at one size.
 struct Point {
+    variant: String,
     size: u64,
+    batch: usize,
     rows: usize,
     secs: f64,
     p50_ms: f64,
     p99_ms: f64,
     wal_per_row: f64,
     server_cores: f64,
+    reads_per_row: f64,
+    disk_kb_per_row: f64,
+    checkpoints: i64,
+    waits: Vec<(String, f64)>,
     table_bytes: i64,
     index_bytes: i64,
     hot_share: f64,
-    load_secs: f64,
+    grow_secs: f64,
 }
 
+impl Point {
+    fn rate(&self) -> f64 {
+        self.rows as f64 / self.secs
+    }
+}
+
+/// Cumulative server counters, read before and after a window.
 struct Counters {
     wal: String,
     updates: i64,
     hot: i64,
+    blocks_read: i64,
+    checkpoints: i64,
+    /// kB read from block devices, machine-wide (`/proc/vmstat` pgpgin).
+    disk_kb: i64,
 }
 
 async fn counters(pg: &Postgres) -> anyhow::Result<Counters> {
     let c = pg.connect().await?;
     let row = c
         .query_one(
-            "SELECT pg_current_wal_lsn()::text, n_tup_upd, n_tup_hot_upd \
-             FROM pg_stat_user_tables WHERE relname = 'scan_results'",
+            "SELECT pg_current_wal_lsn()::text, sum(n_tup_upd)::int8, sum(n_tup_hot_upd)::int8, \
+                    sum(coalesce(heap_blks_read, 0) + coalesce(idx_blks_read, 0))::int8 \
+             FROM (SELECT 'scan_results'::regclass AS relid \
+                   UNION SELECT inhrelid FROM pg_inherits \
+                   WHERE inhparent = 'scan_results'::regclass) t \
+             JOIN pg_stat_user_tables s ON s.relid = t.relid \
+             JOIN pg_statio_user_tables io ON io.relid = t.relid",
             &[],
         )
         .await?;
+    // PostgreSQL 17 moved the checkpoint counters to pg_stat_checkpointer.
+    let version: i32 = c
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    let checkpoints = if version >= 170_000 {
+        "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+    } else {
+        "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+    };
+    let checkpoints: i64 = c.query_one(checkpoints, &[]).await?.get(0);
     Ok(Counters {
         wal: row.get(0),
         updates: row.get(1),
         hot: row.get(2),
+        blocks_read: row.get(3),
+        checkpoints,
+        disk_kb: vmstat("pgpgin").unwrap_or(0),
     })
 }
 
-/// Writes `scans` through a fresh `PgSink` at the ingester's defaults.
-async fn measure(
+fn vmstat(field: &str) -> Option<i64> {
+    std::fs::read_to_string("/proc/vmstat")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+/// Samples what the client backends are doing until `stop` is set: the
+/// share of samples per wait event (`CPU` when not waiting).
+async fn sample_waits(pg: &Postgres, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<(String, f64)>> {
+    let c = pg.connect().await?;
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut total = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        for row in c
+            .query(
+                "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') \
+                 FROM pg_stat_activity WHERE state = 'active' \
+                   AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await?
+        {
+            *seen.entry(row.get(0)).or_default() += 1;
+            total += 1;
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+    let mut waits: Vec<(String, f64)> = seen
+        .into_iter()
+        .map(|(k, n)| (k, n as f64 / total.max(1) as f64))
+        .collect();
+    waits.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(waits)
+}
+
+/// Writes `scans` through a fresh `PgSink` at the ingester's defaults, in
+/// `batch`-row batches; returns each batch's acked rows and time, and the
+/// server's CPU seconds.
+async fn write_all(
     pg: &Postgres,
-    o: &Options,
-    size: u64,
+    batch: usize,
     scans: Vec<Scan>,
-    load_secs: f64,
-) -> anyhow::Result<Point> {
-    let rows = scans.len();
+) -> anyhow::Result<(Vec<(usize, Duration)>, f64)> {
     let batches: Vec<Vec<Envelope<Record, ()>>> = scans
-        .chunks(o.batch)
+        .chunks(batch)
         .map(|c| {
             c.iter()
                 .map(|s| Envelope::new(Record::Scan(s.clone()), ()))
@@ -252,9 +501,7 @@ async fn measure(
             held.push(pool.get().await?);
         }
     }
-    let before = counters(pg).await?;
     let server_before = pg.pid().map(support::tree_cpu);
-    let started = Instant::now();
     let sink = PgSink::new(
         pool.clone(),
         CommittedOrders::new(defaults::CACHE_CAPACITY),
@@ -282,16 +529,40 @@ async fn measure(
         .buffered(concurrency)
         .collect()
         .await;
-    let secs = started.elapsed().as_secs_f64();
     let server_cpu = match (server_before, pg.pid()) {
         (Some(b), Some(pid)) => support::tree_cpu(pid).saturating_sub(b).as_secs_f64(),
         _ => f64::NAN,
     };
-    let acked: usize = results.iter().map(|r| r.0).sum();
-    anyhow::ensure!(acked == rows, "the sink acked {acked} of {rows} rows");
     // Closing the connections flushes their table statistics.
     drop(sink);
     pool.close();
+    Ok((results, server_cpu))
+}
+
+/// One window: `scans` written by `v` at `size` keys, with the counters
+/// around it.
+async fn measure(
+    pg: &Postgres,
+    v: &Variant,
+    size: u64,
+    scans: Vec<Scan>,
+    grow_secs: f64,
+) -> anyhow::Result<Point> {
+    let rows = scans.len();
+    let before = counters(pg).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_waits(pg, stop.clone());
+    let started = Instant::now();
+    let written = async {
+        let r = write_all(pg, v.batch, scans).await;
+        stop.store(true, Ordering::Relaxed);
+        r
+    };
+    let (written, waits) = futures::future::join(written, sampler).await;
+    let ((results, server_cpu), waits) = (written?, waits?);
+    let secs = started.elapsed().as_secs_f64();
+    let acked: usize = results.iter().map(|r| r.0).sum();
+    anyhow::ensure!(acked == rows, "the sink acked {acked} of {rows} rows");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = counters(pg).await?;
     let c = pg.connect().await?;
@@ -304,26 +575,35 @@ async fn measure(
         .get(0);
     let sizes = c
         .query_one(
-            "SELECT pg_table_size('scan_results'), pg_indexes_size('scan_results')",
+            "SELECT sum(pg_table_size(relid))::int8, sum(pg_indexes_size(relid))::int8 \
+             FROM (SELECT 'scan_results'::regclass AS relid \
+                   UNION SELECT inhrelid FROM pg_inherits \
+                   WHERE inhparent = 'scan_results'::regclass) t",
             &[],
         )
         .await?;
     let mut times: Vec<f64> = results.iter().map(|r| r.1.as_secs_f64() * 1e3).collect();
     times.sort_by(f64::total_cmp);
     let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-    let updates = (after.updates - before.updates).max(1);
+    let per_row = |d: i64| d as f64 / rows as f64;
     Ok(Point {
+        variant: v.name.clone(),
         size,
+        batch: v.batch,
         rows,
         secs,
         p50_ms: q(0.5),
         p99_ms: q(0.99),
         wal_per_row: wal / rows as f64,
         server_cores: server_cpu / secs,
+        reads_per_row: per_row(after.blocks_read - before.blocks_read),
+        disk_kb_per_row: per_row(after.disk_kb - before.disk_kb),
+        checkpoints: after.checkpoints - before.checkpoints,
+        waits,
         table_bytes: sizes.get(0),
         index_bytes: sizes.get(1),
-        hot_share: (after.hot - before.hot) as f64 / updates as f64,
-        load_secs,
+        hot_share: (after.hot - before.hot) as f64 / (after.updates - before.updates).max(1) as f64,
+        grow_secs,
     })
 }
 
@@ -333,12 +613,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench(o: Options) -> anyhow::Result<()> {
     eprintln!(
-        "growth bench: sizes {:?}, {} rows measured at each; machine: {}",
+        "growth bench: sizes {:?}, variants {:?}, {} rows per window; machine: {}",
         o.sizes,
+        o.variants.iter().map(|v| &v.name).collect::<Vec<_>>(),
         o.measure_rows,
         support::machine()
     );
-    let pg = Postgres::start_with(&o.settings).await?;
+    let pg = Postgres::start().await?;
     let version: String = pg
         .connect()
         .await?
@@ -350,83 +631,244 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     let mut next_new = 0u64;
     let mut next_id = 0u64;
     let mut points = Vec::new();
-    for &size in &o.sizes {
+    let mut layouts = Layouts::create(&pg, &o.variants).await?;
+    let mut tables: Vec<&str> = Vec::new();
+    for v in &o.variants {
+        if !tables.contains(&v.table.as_str()) {
+            tables.push(&v.table);
+        }
+    }
+    for (i, &size) in o.sizes.iter().enumerate() {
         let t = Instant::now();
         if next_new < size {
-            eprintln!("  growing to {size} keys");
-            grow(&pg, next_new, size, o.response_bytes).await?;
+            apply(&pg, &[]).await?;
+            for table in &tables {
+                eprintln!("  growing {table} to {size} keys (default settings)");
+                layouts.switch(&pg, table).await?;
+                grow(&pg, next_new, size, o.response_bytes).await?;
+            }
             next_new = size;
         }
-        let load_secs = t.elapsed().as_secs_f64();
-        let scans = mix(&o, size, &mut next_new, &mut next_id, &mut rng);
-        let p = measure(&pg, &o, size, scans, load_secs).await?;
-        eprintln!(
-            "  {:>11} keys: {:>8.0} rows/s, batch p50 {:.1} ms p99 {:.1} ms, {:.0} WAL B/row, \
-             server {:.2} cores, HOT {:.0}%",
-            p.size,
-            p.rows as f64 / p.secs,
-            p.p50_ms,
-            p.p99_ms,
-            p.wal_per_row,
-            p.server_cores,
-            p.hot_share * 100.0
-        );
-        points.push(p);
+        let grow_secs = t.elapsed().as_secs_f64();
+        let n = o.variants.len();
+        for v in (0..n).map(|j| &o.variants[(i + j) % n]) {
+            layouts.switch(&pg, &v.table).await?;
+            apply(&pg, &v.settings).await?;
+            prewarm(&pg).await?;
+            pg.connect().await?.batch_execute("CHECKPOINT").await?;
+            // Let the backends of those connections exit: a busy backend that
+            // exits mid-window would take its CPU time out of the count.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let scans = mix(&o, size, &mut next_new, &mut next_id, &mut rng);
+            let p = measure(&pg, v, size, scans, grow_secs).await?;
+            eprintln!(
+                "  {:>11} keys, {:<12} {:>8.0} rows/s, p50 {:.1} ms p99 {:.1} ms, \
+                 {:.0} WAL B/row, {:.2} PG cores, {:.2} reads/row, {:.2} disk kB/row, \
+                 {} checkpoints, waits {}",
+                p.size,
+                p.variant,
+                p.rate(),
+                p.p50_ms,
+                p.p99_ms,
+                p.wal_per_row,
+                p.server_cores,
+                p.reads_per_row,
+                p.disk_kb_per_row,
+                p.checkpoints,
+                waits(&p.waits, 3)
+            );
+            points.push(p);
+        }
     }
-    report(&o, &version, &points)
+    report(&o, &version, &points)?;
+    if let Some(path) = &o.plot {
+        plot(path, &o, &points)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The `top` most frequent wait events, as `event share%`.
+fn waits(w: &[(String, f64)], top: usize) -> String {
+    w.iter()
+        .take(top)
+        .map(|(k, s)| format!("{k} {:.0}%", s * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn report(o: &Options, version: &str, points: &[Point]) -> anyhow::Result<()> {
     let gib = |b: i64| b as f64 / (1u64 << 30) as f64;
-    let first = points.first().map_or(1.0, |p| p.rows as f64 / p.secs);
+    let rate_of = |variant: &str, size: u64| {
+        points
+            .iter()
+            .find(|p| p.variant == variant && p.size == size)
+            .map_or(f64::NAN, Point::rate)
+    };
     let mut md = format!(
-        "PostgreSQL {version}; {} rows written per size in {}-row batches ({:.0}% new keys, \
-         {:.0}% out of order); settings: {:?}\n\n\
-         | keys | rows/s | vs first | batch p50 ms | batch p99 ms | WAL B/row | PG cores | table GiB | index GiB | HOT | grow s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "PostgreSQL {version}; {} rows per window ({:.0}% new keys, {:.0}% out of order); \
+         variants:\n\n",
         o.measure_rows,
-        o.batch,
         o.new_ratio * 100.0,
         o.out_of_order * 100.0,
-        o.settings
     );
-    let mut csv = String::from(
-        "keys,rows_per_s,p50_ms,p99_ms,wal_bytes_per_row,pg_cores,table_bytes,index_bytes,hot_share,grow_s\n",
-    );
-    for p in points {
-        let rate = p.rows as f64 / p.secs;
+    for v in &o.variants {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.2}× | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0}% | {:.0} |",
-            p.size,
-            rate,
-            rate / first,
-            p.p50_ms,
-            p.p99_ms,
-            p.wal_per_row,
-            p.server_cores,
-            gib(p.table_bytes),
-            gib(p.index_bytes),
-            p.hot_share * 100.0,
-            p.load_secs
+            "- `{}`: batch {}, settings {:?}",
+            v.name, v.batch, v.settings
         );
-        let _ = writeln!(
-            csv,
-            "{},{rate:.0},{:.2},{:.2},{:.1},{:.3},{},{},{:.4},{:.1}",
-            p.size,
-            p.p50_ms,
-            p.p99_ms,
-            p.wal_per_row,
-            p.server_cores,
-            p.table_bytes,
-            p.index_bytes,
-            p.hot_share,
-            p.load_secs
-        );
+    }
+    md.push_str(
+        "\n| keys | variant | rows/s | vs first size | vs first variant | batch p50 ms | \
+         batch p99 ms | WAL B/row | PG cores | buffer reads/row | disk kB/row | checkpoints | \
+         HOT | client backends |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut csv = String::from(
+        "variant,keys,batch,rows_per_s,p50_ms,p99_ms,wal_bytes_per_row,pg_cores,\
+         buffer_reads_per_row,disk_kb_per_row,checkpoints,hot_share,table_bytes,index_bytes,grow_s\n",
+    );
+    for &size in &o.sizes {
+        for v in &o.variants {
+            let Some(p) = points
+                .iter()
+                .find(|p| p.variant == v.name && p.size == size)
+            else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.2}× | {:.2}× | {:.1} | {:.1} | {:.0} | {:.2} | {:.2} | \
+                 {:.2} | {} | {:.0}% | {} |",
+                p.size,
+                p.variant,
+                p.rate(),
+                p.rate() / rate_of(&p.variant, o.sizes[0]),
+                p.rate() / rate_of(&o.variants[0].name, size),
+                p.p50_ms,
+                p.p99_ms,
+                p.wal_per_row,
+                p.server_cores,
+                p.reads_per_row,
+                p.disk_kb_per_row,
+                p.checkpoints,
+                p.hot_share * 100.0,
+                waits(&p.waits, 3)
+            );
+            let _ = writeln!(
+                csv,
+                "{},{},{},{:.0},{:.2},{:.2},{:.1},{:.3},{:.3},{:.3},{},{:.4},{},{},{:.1}",
+                p.variant,
+                p.size,
+                p.batch,
+                p.rate(),
+                p.p50_ms,
+                p.p99_ms,
+                p.wal_per_row,
+                p.server_cores,
+                p.reads_per_row,
+                p.disk_kb_per_row,
+                p.checkpoints,
+                p.hot_share,
+                p.table_bytes,
+                p.index_bytes,
+                p.grow_secs
+            );
+        }
+    }
+    md.push_str("\n| keys | table GiB | index GiB | grow s |\n|---|---|---|---|\n");
+    for &size in &o.sizes {
+        if let Some(p) = points.iter().find(|p| p.size == size) {
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} | {:.2} | {:.0} |",
+                size,
+                gib(p.table_bytes),
+                gib(p.index_bytes),
+                p.grow_secs
+            );
+        }
     }
     println!("{md}");
     let dir = support::out_dir();
     std::fs::write(dir.join("growth.md"), &md)?;
     std::fs::write(dir.join("growth.csv"), &csv)?;
+    Ok(())
+}
+
+/// What a panel of the plot draws for a point.
+type Metric = fn(&Point) -> f64;
+
+/// Rows/s (left) and WAL bytes per row (right) against keys, one line per
+/// variant.
+fn plot(path: &std::path::Path, o: &Options, points: &[Point]) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    support::plot_font()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(600);
+    let (lo, hi) = (
+        o.sizes[0] as f64 * 0.8,
+        o.sizes[o.sizes.len() - 1] as f64 * 1.25,
+    );
+    let panels: [(&str, Metric); 2] = [
+        ("thousand rows per second", |p| p.rate() / 1e3),
+        ("WAL bytes per row", |p| p.wal_per_row),
+    ];
+    for (n, (area, (y_desc, value))) in [&left, &right].into_iter().zip(panels).enumerate() {
+        let top = points.iter().map(value).fold(0.0, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(area)
+            .caption(y_desc, ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d((lo..hi).log_scale(), 0.0..top)?;
+        chart
+            .configure_mesh()
+            .x_desc("keys in scan_results (log scale)")
+            .x_label_formatter(&|x| {
+                let m = x / 1e6;
+                let round = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]
+                    .iter()
+                    .any(|r| (m - r).abs() < r * 0.01);
+                if round {
+                    format!("{m:.0}M")
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .label_style(("sans-serif", 13))
+            .draw()?;
+        for (i, v) in o.variants.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let pts: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| p.variant == v.name)
+                .map(|p| (p.size as f64, value(p)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(v.name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
+        if n > 0 {
+            continue; // one legend: the colours are the same on both panels
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()?;
+    }
+    root.present()?;
     Ok(())
 }

@@ -862,20 +862,9 @@ fn csv<'a>(all: impl Iterator<Item = &'a Measured>) -> String {
     s
 }
 
-/// DejaVu Sans from Debian's `fonts-dejavu-core`, read at run time so that the
-/// bench builds without it.
-const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-
 fn plot(path: &std::path::Path, sweep: &[Measured], o: &Options) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    let font = std::fs::read(FONT)
-        .with_context(|| format!("cannot read {FONT} (apt-get install fonts-dejavu-core)"))?;
-    plotters::style::register_font(
-        "sans-serif",
-        FontStyle::Normal,
-        Box::leak(font.into_boxed_slice()),
-    )
-    .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))?;
+    support::plot_font()?;
     let (lo, hi) = (
         *o.sweep.iter().min().unwrap_or(&100) as f64,
         *o.sweep.iter().max().unwrap_or(&20_000) as f64,

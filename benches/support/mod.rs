@@ -70,6 +70,18 @@ impl Postgres {
         self.cluster.as_ref().and_then(Cluster::pid)
     }
 
+    /// Stops our cluster (fast shutdown, which checkpoints) and starts it
+    /// again with the same data directory: settings made with `ALTER SYSTEM`
+    /// take effect, and shared buffers start empty.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let cluster = self
+            .cluster
+            .as_ref()
+            .context("a restart needs the bench's own cluster (DATABASE_URL is set)")?;
+        tokio::task::block_in_place(|| cluster.stop().and_then(|()| cluster.start()))?;
+        Ok(())
+    }
+
     /// A plain connection (its driver task is spawned).
     pub async fn connect(&self) -> anyhow::Result<tokio_postgres::Client> {
         Ok(provision::connect(&self.url).await?)
@@ -224,6 +236,28 @@ pub fn machine() -> String {
         "{cores} cores, {cpu}, {:.1} GiB memory",
         mem_kb as f64 / 1024.0 / 1024.0
     )
+}
+
+/// DejaVu Sans from Debian's `fonts-dejavu-core`, read at run time so that
+/// the benches build without it.
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Registers [`FONT`] as plotters' "sans-serif" (once per process).
+pub fn plot_font() -> anyhow::Result<()> {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DONE.get().is_some() {
+        return Ok(());
+    }
+    let font = std::fs::read(FONT)
+        .with_context(|| format!("cannot read {FONT} (apt-get install fonts-dejavu-core)"))?;
+    plotters::style::register_font(
+        "sans-serif",
+        plotters::style::FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))?;
+    let _ = DONE.set(());
+    Ok(())
 }
 
 /// `target/bench/`, created.
