@@ -92,18 +92,20 @@ fn connect(rt: &Runtime) -> RedisOrders {
         })
 }
 
-/// Times `run` on a fresh batch per iteration (built outside the clock).
+/// Times `run` on a fresh batch per iteration (built, and dropped, outside
+/// the clock; moka's learn takes the entries out).
 fn time_batches(
     iters: u64,
     mut make: impl FnMut(u64) -> Vec<(ScanKey, Order)>,
-    mut run: impl FnMut(Vec<(ScanKey, Order)>),
+    mut run: impl FnMut(&mut Vec<(ScanKey, Order)>),
 ) -> Duration {
     let mut total = Duration::ZERO;
     for i in 0..iters {
-        let items = make(i);
+        let mut items = make(i);
         let started = Instant::now();
-        run(items);
+        run(&mut items);
         total += started.elapsed();
+        drop(items);
     }
     total
 }
@@ -116,7 +118,7 @@ fn bench_moka(g: &mut BenchmarkGroup<'_, WallTime>, orders: &CommittedOrders) {
                     iters,
                     |i| batch(i, BASE_TS, miss),
                     |items| {
-                        for (k, o) in &items {
+                        for (k, o) in items.iter() {
                             black_box(orders.is_stale(k, o));
                         }
                     },
@@ -130,7 +132,7 @@ fn bench_moka(g: &mut BenchmarkGroup<'_, WallTime>, orders: &CommittedOrders) {
                 iters,
                 |i| batch(i, next_ts(), false),
                 |items| {
-                    for (k, o) in items {
+                    for (k, o) in items.drain(..) {
                         orders.committed(k, o);
                     }
                 },
@@ -147,7 +149,7 @@ fn bench_redis_rt(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, store: &mu
                 |i| batch(i, BASE_TS, false),
                 |items| {
                     rt.block_on(async {
-                        for (k, o) in &items {
+                        for (k, o) in items.iter() {
                             black_box(store.is_stale(k, o).await.expect("Redis GET"));
                         }
                     })
@@ -162,7 +164,7 @@ fn bench_redis_rt(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, store: &mu
                 |i| batch(i, next_ts(), false),
                 |items| {
                     rt.block_on(async {
-                        for (k, o) in &items {
+                        for (k, o) in items.iter() {
                             store.committed(k, o).await.expect("Redis EVALSHA");
                         }
                     })
@@ -179,7 +181,7 @@ fn bench_redis_pipe(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, store: &
                 iters,
                 |i| batch(i, BASE_TS, false),
                 |items| {
-                    black_box(rt.block_on(store.are_stale(&items)).expect("Redis MGET"));
+                    black_box(rt.block_on(store.are_stale(items)).expect("Redis MGET"));
                 },
             )
         })
@@ -190,7 +192,7 @@ fn bench_redis_pipe(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, store: &
                 iters,
                 |i| batch(i, next_ts(), false),
                 |items| {
-                    rt.block_on(store.committed_all(&items))
+                    rt.block_on(store.committed_all(items))
                         .expect("Redis EVALSHA pipeline");
                 },
             )
@@ -282,28 +284,31 @@ struct Cost {
     server: Duration,
 }
 
-/// Runs `run(lookups, learns)` on `batches` pairs of batches built up front.
+/// Runs `run(lookups, learns)` on `batches` pairs of batches built up front
+/// (and dropped after the clock; moka's learn takes the entries out).
 fn account(
     mode: &'static str,
     batches: u64,
     server_pid: u32,
-    mut run: impl FnMut(&[(ScanKey, Order)], Vec<(ScanKey, Order)>),
+    mut run: impl FnMut(&[(ScanKey, Order)], &mut Vec<(ScanKey, Order)>),
 ) -> Cost {
-    let work: Vec<_> = (0..batches)
+    let mut work: Vec<_> = (0..batches)
         .map(|n| (batch(n, BASE_TS, false), batch(n, next_ts(), false)))
         .collect();
     let server_cpu = || pid_cpu(server_pid).expect("the Redis server's /proc/PID/stat");
     let (wall, client, server) = (Instant::now(), thread_cpu(), server_cpu());
-    for (lookups, learns) in work {
-        run(&lookups, learns);
+    for (lookups, learns) in &mut work {
+        run(lookups, learns);
     }
-    Cost {
+    let cost = Cost {
         mode,
         messages: batches * u64::from(BATCH),
         wall: wall.elapsed(),
         client: thread_cpu() - client,
         server: server_cpu() - server,
-    }
+    };
+    drop(work);
+    cost
 }
 
 fn costs(rt: &Runtime, store: &mut RedisOrders, orders: &CommittedOrders, pid: u32) -> Vec<Cost> {
@@ -311,13 +316,13 @@ fn costs(rt: &Runtime, store: &mut RedisOrders, orders: &CommittedOrders, pid: u
         for (k, o) in lookups {
             black_box(orders.is_stale(k, o));
         }
-        for (k, o) in learns {
+        for (k, o) in learns.drain(..) {
             orders.committed(k, o);
         }
     });
     let round_trip = account("redis_rt", 20, pid, |lookups, learns| {
         rt.block_on(async {
-            for ((k, o), (lk, lo)) in lookups.iter().zip(&learns) {
+            for ((k, o), (lk, lo)) in lookups.iter().zip(learns.iter()) {
                 black_box(store.is_stale(k, o).await.expect("Redis GET"));
                 store.committed(lk, lo).await.expect("Redis EVALSHA");
             }
@@ -326,7 +331,7 @@ fn costs(rt: &Runtime, store: &mut RedisOrders, orders: &CommittedOrders, pid: u
     let pipelined = account("redis_pipe", 100, pid, |lookups, learns| {
         rt.block_on(async {
             black_box(store.are_stale(lookups).await.expect("Redis MGET"));
-            store.committed_all(&learns).await.expect("Redis pipeline");
+            store.committed_all(learns).await.expect("Redis pipeline");
         })
     });
     vec![moka, round_trip, pipelined]
