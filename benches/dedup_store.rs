@@ -4,7 +4,9 @@
 //!
 //! Needs a Redis server on 127.0.0.1:6379 on this machine (the bench starts
 //! none, and panics if none answers: its server CPU is read from `/proc`).
-//! Keys go under `miniscan-bench:<random run id>:` and are deleted at the end.
+//! Keys go under `miniscan-bench:<random run id>:` and are deleted at the end
+//! (a run that panics leaves them: `redis-cli --scan --pattern
+//! 'miniscan-bench:*' | xargs -r redis-cli unlink`).
 //!
 //! * `dedup_store/moka_lookup_hit`, `moka_lookup_miss`, `moka_learn`:
 //!   `CommittedOrders::is_stale` on a known and an unknown key, and
