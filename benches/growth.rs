@@ -350,7 +350,7 @@ fn mix(
                 order: Order {
                     timestamp: ts,
                     published_micros: T0 * 1_000_000 + *next_id as i64,
-                    message_id: format!("{}", 2_000_000_000_000u64 + *next_id),
+                    message_id: format!("{}", 2_000_000_000_000u64 + *next_id).into(),
                 },
                 response: response(k, ts, o.response_bytes),
                 response_raw: None,

@@ -148,12 +148,12 @@ fn scan_of(i: u32, timestamp: i64) -> Scan {
         key: mini_scan::stages::ScanKey {
             ip: std::net::IpAddr::from((0x0101_0100u32 + i / 1000).to_be_bytes()),
             port: (i % 1000) as u16,
-            service: ["HTTP", "SSH", "DNS"][(i % 3) as usize].to_string(),
+            service: ["HTTP", "SSH", "DNS"][(i % 3) as usize].into(),
         },
         order: Order {
             timestamp,
             published_micros: 1_700_000_000_000_000,
-            message_id: format!("{}", 10_000_000_000u64 + u64::from(i)),
+            message_id: format!("{}", 10_000_000_000u64 + u64::from(i)).into(),
         },
         response: "service response: 42".into(),
         response_raw: None,

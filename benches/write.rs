@@ -293,17 +293,18 @@ async fn write_batch(
                     secs_to_time(s.order.timestamp),
                     micros_to_time(s.order.published_micros),
                 );
+                let (service, id) = (s.key.service.as_str(), s.order.message_id.as_str());
                 tx.execute(
                     &stmt,
                     &[
                         &s.key.ip,
                         &port,
-                        &s.key.service,
+                        &service,
                         &ls,
                         &s.response,
                         &s.response_raw,
                         &pa,
-                        &s.order.message_id,
+                        &id,
                     ],
                 )
                 .await?;

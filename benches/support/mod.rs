@@ -296,7 +296,7 @@ pub fn scans(rows: usize, keys: u64, out_of_order: f64, seed: u64) -> Vec<mini_s
                 order: Order {
                     timestamp: obs.timestamp,
                     published_micros: base + i as i64,
-                    message_id: format!("{}", 10_000_000_000u64 + i as u64),
+                    message_id: format!("{}", 10_000_000_000u64 + i as u64).into(),
                 },
                 response: obs.response,
                 response_raw: obs.response_raw,

@@ -16,6 +16,7 @@ pub mod source;
 pub mod write;
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,8 +39,9 @@ pub struct ScanKey {
     pub ip: IpAddr,
     /// The port, 0..=65535.
     pub port: u16,
-    /// The service name, non-empty.
-    pub service: String,
+    /// The service name, non-empty. Inline up to 24 bytes (service names are
+    /// short), so decoding a key does not allocate for it.
+    pub service: CompactString,
 }
 
 /// The total order in which observations of one key supersede each other.
@@ -55,8 +57,10 @@ pub struct Order {
     pub timestamp: i64,
     /// The publish time, in microseconds since the epoch.
     pub published_micros: i64,
-    /// The message id.
-    pub message_id: String,
+    /// The message id. Inline up to 24 bytes (Pub/Sub's ids are short decimal
+    /// strings; longer ones go to the heap): the dedup cache clones the
+    /// committed `Order` on every hit, which then does not allocate.
+    pub message_id: CompactString,
 }
 
 /// A valid observation, ready to be written.

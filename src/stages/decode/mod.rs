@@ -103,7 +103,7 @@ impl Transform for Decode {
                     order: Order {
                         timestamp: obs.timestamp,
                         published_micros: msg.published_micros,
-                        message_id: msg.message_id,
+                        message_id: msg.message_id.into(),
                     },
                     response: obs.response,
                     response_raw: obs.response_raw,

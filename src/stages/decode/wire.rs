@@ -7,6 +7,7 @@ use super::{MAX_TIMESTAMP, MIN_TIMESTAMP, Observation, render_bytes, render_stri
 use crate::stages::ScanKey;
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use compact_str::CompactString;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -84,7 +85,7 @@ fn object(text: &str) -> Result<Wire<'_>, Rejection> {
 }
 
 fn ip(raw: &RawValue) -> Result<IpAddr, Rejection> {
-    let text: Cow<'_, str> = typed(raw, "ip", "a string")?;
+    let text = string(raw, "ip", "a string")?;
     text.parse().map_err(|_| {
         reject(
             Reason::InvalidIp,
@@ -110,8 +111,8 @@ fn port(raw: &RawValue) -> Result<u16, Rejection> {
     }
 }
 
-fn service(raw: &RawValue) -> Result<String, Rejection> {
-    let service: String = typed(raw, "service", "a string")?;
+fn service(raw: &RawValue) -> Result<CompactString, Rejection> {
+    let service = string(raw, "service", "a string")?;
     if service.is_empty() {
         return Err(reject(Reason::EmptyService, "`service` is empty"));
     }
@@ -122,7 +123,7 @@ fn service(raw: &RawValue) -> Result<String, Rejection> {
             "`service` contains a NUL character",
         ));
     }
-    Ok(service)
+    Ok(CompactString::from(service))
 }
 
 fn timestamp(raw: &RawValue) -> Result<i64, Rejection> {
@@ -165,7 +166,7 @@ fn response(raw: &RawValue, version: i64) -> Result<(String, Option<Vec<u8>>), R
     let data: WireData<'_> = typed(raw, "data", "an object")?;
     if version == 1 {
         let raw = response_field(data.response_bytes_utf8, version, "response_bytes_utf8")?;
-        let encoded: Cow<'_, str> = typed(raw, "data.response_bytes_utf8", "a base64 string")?;
+        let encoded = string(raw, "data.response_bytes_utf8", "a base64 string")?;
         let bytes = BASE64.decode(encoded.as_bytes()).map_err(|e| {
             reject(
                 Reason::InvalidBase64,
@@ -217,6 +218,15 @@ fn typed<'a, T: Deserialize<'a>>(
             ),
         )
     })
+}
+
+/// A JSON string, borrowed from the message when it has no escapes (serde's
+/// `Cow<str>` always allocates), owned when it has.
+fn string<'a>(raw: &'a RawValue, name: &str, expected: &str) -> Result<Cow<'a, str>, Rejection> {
+    match serde_json::from_str::<&str>(raw.get()) {
+        Ok(text) => Ok(Cow::Borrowed(text)),
+        Err(_) => typed::<String>(raw, name, expected).map(Cow::Owned),
+    }
 }
 
 enum IntOrBig {

@@ -169,7 +169,7 @@ fn rejected_row<E: StoreFault>(e: E) -> String {
 /// The dead letter of a scan the database rejected.
 fn rejected_letter(s: &Scan, detail: String) -> DeadLetter {
     DeadLetter {
-        message_id: s.order.message_id.clone(),
+        message_id: s.order.message_id.to_string(),
         reason: REJECTED_BY_DATABASE,
         detail,
         payload: s.payload.clone(),

@@ -95,17 +95,18 @@ pub async fn copy_rows(
         let port = i32::from(s.key.port);
         let last_scanned = secs_to_time(s.order.timestamp);
         let published_at = micros_to_time(s.order.published_micros);
+        let (service, message_id) = (s.key.service.as_str(), s.order.message_id.as_str());
         writer
             .as_mut()
             .write(&[
                 &s.key.ip,
                 &port,
-                &s.key.service,
+                &service,
                 &last_scanned,
                 &s.response,
                 &s.response_raw,
                 &published_at,
-                &s.order.message_id,
+                &message_id,
             ])
             .await?;
     }

@@ -60,7 +60,9 @@ impl BatchStore for FakeStore {
         if s.down || s.lose_connection_on.contains(&st.attempts) {
             return Err(Injected::connection_lost());
         }
-        let poisoned = scans.iter().any(|r| s.poison.contains(&r.order.message_id))
+        let poisoned = scans
+            .iter()
+            .any(|r| s.poison.contains(r.order.message_id.as_str()))
             || dead.iter().any(|d| s.poison_dead.contains(&d.message_id));
         if poisoned {
             return Err(Injected::too_large());
@@ -213,7 +215,7 @@ async fn a_rejected_row_of_one_partition_is_isolated_and_the_rest_commits() {
     let poison_at = plan.parts()[1][100];
     let poison = &scans[poison_at];
     let script = Script {
-        poison: HashSet::from([poison.order.message_id.clone()]),
+        poison: HashSet::from([poison.order.message_id.to_string()]),
         ..Script::default()
     };
     let stage = Stage::new(script, 2);
@@ -233,7 +235,10 @@ async fn a_rejected_row_of_one_partition_is_isolated_and_the_rest_commits() {
         assert_eq!(*w, want, "{record:?}");
     }
     let st = stage.store.state();
-    assert_eq!(st.dead[&poison.order.message_id], "rejected_by_database");
+    assert_eq!(
+        st.dead[poison.order.message_id.as_str()],
+        "rejected_by_database"
+    );
     assert_eq!(st.dead["bad"], "invalid_json");
     assert_eq!(st.rows.len(), 699);
     // Partition 0 once, partition 1 bisected (one rejected row among about

@@ -89,7 +89,7 @@ pub fn settled<A: Acknowledge>(span: &Span, batch: &[Envelope<Record, A>], writt
 fn dead_letter<A: Acknowledge>(span: &Span, env: &Envelope<Record, A>) {
     let (message_id, reason) = match &env.payload {
         Record::Dead(d) => (d.message_id.clone(), d.reason),
-        Record::Scan(s) => (s.order.message_id.clone(), REJECTED_BY_DATABASE),
+        Record::Scan(s) => (s.order.message_id.to_string(), REJECTED_BY_DATABASE),
         Record::Stale => return,
     };
     let mut attributes = vec![
