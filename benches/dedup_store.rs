@@ -60,7 +60,7 @@ fn key_of(i: u32) -> ScanKey {
     ScanKey {
         ip: std::net::IpAddr::from((0x0101_0100u32 + i / 1000).to_be_bytes()),
         port: (i % 1000) as u16,
-        service: ["HTTP", "SSH", "DNS"][(i % 3) as usize].to_string(),
+        service: ["HTTP", "SSH", "DNS"][(i % 3) as usize].into(),
     }
 }
 
