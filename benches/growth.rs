@@ -247,25 +247,30 @@ fn layout_ddl(name: &str) -> anyhow::Result<Vec<String>> {
     }
 }
 
-/// The table layouts of a run, first the first variant's; each but the
-/// current one (named `scan_results`) is kept as `scan_results_<layout>`.
+/// The table layouts of a run; each but the current one (named
+/// `scan_results`) is kept as `scan_results_<layout>`.
 struct Layouts {
+    /// The variants' layouts, each once, in the order variants name them.
+    used: Vec<String>,
     current: String,
 }
 
 impl Layouts {
+    /// Creates the tables of the layouts `variants` use beside the
+    /// migration's (`plain`, the current one).
     async fn create(pg: &Postgres, variants: &[Variant]) -> anyhow::Result<Self> {
         let c = pg.connect().await?;
-        let mut made = vec!["plain".to_owned()];
+        let mut used: Vec<String> = Vec::new();
         for v in variants {
-            if !made.contains(&v.table) {
+            if !used.contains(&v.table) {
                 for stmt in layout_ddl(&v.table)? {
                     c.batch_execute(&stmt).await?;
                 }
-                made.push(v.table.clone());
+                used.push(v.table.clone());
             }
         }
         Ok(Self {
+            used,
             current: "plain".to_owned(),
         })
     }
@@ -285,6 +290,15 @@ impl Layouts {
         }
         Ok(())
     }
+}
+
+/// `scan_results` and, for a partitioned layout, its partitions: a
+/// `FROM` item `t` with one `relid` per table.
+macro_rules! scan_results_tables {
+    () => {
+        "(SELECT 'scan_results'::regclass AS relid \
+          UNION SELECT inhrelid FROM pg_inherits WHERE inhparent = 'scan_results'::regclass) t"
+    };
 }
 
 /// Makes `settings` the server's (`ALTER SYSTEM`, every other setting reset)
@@ -310,18 +324,15 @@ async fn prewarm(pg: &Postgres) -> anyhow::Result<()> {
     let c = pg.connect().await?;
     c.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
         .await?;
-    c.batch_execute(
-        "SELECT pg_prewarm(r.oid) \
-         FROM (SELECT 'scan_results'::regclass AS relid \
-               UNION SELECT inhrelid FROM pg_inherits \
-               WHERE inhparent = 'scan_results'::regclass) t \
-         JOIN pg_index i ON i.indrelid = t.relid JOIN pg_class r ON r.oid = i.indexrelid \
-         WHERE r.relkind = 'i'; \
-         SELECT pg_prewarm(relid) FROM (SELECT 'scan_results'::regclass AS relid \
-               UNION SELECT inhrelid FROM pg_inherits \
-               WHERE inhparent = 'scan_results'::regclass) t \
-         WHERE (SELECT relkind FROM pg_class WHERE oid = t.relid) = 'r'",
-    )
+    c.batch_execute(concat!(
+        "SELECT pg_prewarm(r.oid) FROM ",
+        scan_results_tables!(),
+        " JOIN pg_index i ON i.indrelid = t.relid JOIN pg_class r ON r.oid = i.indexrelid \
+             WHERE r.relkind = 'i'; \
+             SELECT pg_prewarm(r.oid) FROM ",
+        scan_results_tables!(),
+        " JOIN pg_class r ON r.oid = t.relid WHERE r.relkind = 'r'"
+    ))
     .await?;
     Ok(())
 }
@@ -402,13 +413,15 @@ async fn counters(pg: &Postgres) -> anyhow::Result<Counters> {
     let c = pg.connect().await?;
     let row = c
         .query_one(
-            "SELECT pg_current_wal_lsn()::text, sum(n_tup_upd)::int8, sum(n_tup_hot_upd)::int8, \
-                    sum(coalesce(heap_blks_read, 0) + coalesce(idx_blks_read, 0))::int8 \
-             FROM (SELECT 'scan_results'::regclass AS relid \
-                   UNION SELECT inhrelid FROM pg_inherits \
-                   WHERE inhparent = 'scan_results'::regclass) t \
-             JOIN pg_stat_user_tables s ON s.relid = t.relid \
-             JOIN pg_statio_user_tables io ON io.relid = t.relid",
+            concat!(
+                "SELECT pg_current_wal_lsn()::text, sum(n_tup_upd)::int8, \
+                        sum(n_tup_hot_upd)::int8, \
+                        sum(coalesce(heap_blks_read, 0) + coalesce(idx_blks_read, 0))::int8 \
+                 FROM ",
+                scan_results_tables!(),
+                " JOIN pg_stat_user_tables s ON s.relid = t.relid \
+                 JOIN pg_statio_user_tables io ON io.relid = t.relid"
+            ),
             &[],
         )
         .await?;
@@ -575,10 +588,10 @@ async fn measure(
         .get(0);
     let sizes = c
         .query_one(
-            "SELECT sum(pg_table_size(relid))::int8, sum(pg_indexes_size(relid))::int8 \
-             FROM (SELECT 'scan_results'::regclass AS relid \
-                   UNION SELECT inhrelid FROM pg_inherits \
-                   WHERE inhparent = 'scan_results'::regclass) t",
+            concat!(
+                "SELECT sum(pg_table_size(relid))::int8, sum(pg_indexes_size(relid))::int8 FROM ",
+                scan_results_tables!()
+            ),
             &[],
         )
         .await?;
@@ -632,17 +645,11 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     let mut next_id = 0u64;
     let mut points = Vec::new();
     let mut layouts = Layouts::create(&pg, &o.variants).await?;
-    let mut tables: Vec<&str> = Vec::new();
-    for v in &o.variants {
-        if !tables.contains(&v.table.as_str()) {
-            tables.push(&v.table);
-        }
-    }
     for (i, &size) in o.sizes.iter().enumerate() {
         let t = Instant::now();
         if next_new < size {
             apply(&pg, &[]).await?;
-            for table in &tables {
+            for table in &layouts.used.clone() {
                 eprintln!("  growing {table} to {size} keys (default settings)");
                 layouts.switch(&pg, table).await?;
                 grow(&pg, next_new, size, o.response_bytes).await?;
