@@ -39,7 +39,7 @@ use redis_orders::RedisOrders;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
-use support::{pid_cpu, thread_cpu};
+use support::{key_of, order_of, pid_cpu, thread_cpu};
 use tokio::runtime::Runtime;
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -54,24 +54,6 @@ const BASE_TS: i64 = 1_700_000_000;
 fn next_ts() -> i64 {
     static ROUND: AtomicI64 = AtomicI64::new(1);
     BASE_TS + ROUND.fetch_add(1, Ordering::Relaxed)
-}
-
-fn key_of(i: u32) -> ScanKey {
-    ScanKey {
-        ip: std::net::IpAddr::from((0x0101_0100u32 + i / 1000).to_be_bytes()),
-        port: (i % 1000) as u16,
-        service: ["HTTP", "SSH", "DNS"][(i % 3) as usize].into(),
-    }
-}
-
-fn order_of(i: u32, timestamp: i64) -> Order {
-    Order {
-        timestamp,
-        published_micros: 1_700_000_000_000_000,
-        message_id: format!("{}", 10_000_000_000u64 + u64::from(i))
-            .as_str()
-            .into(),
-    }
 }
 
 /// Batch number `n` of known keys (or of unknown ones, `miss`), at `ts`.

@@ -34,7 +34,7 @@ use mini_scan::stages::decode::{Decode, decode};
 use mini_scan::stages::dedup::{CommittedOrders, Dedup};
 use mini_scan::stages::write::Written;
 use mini_scan::stages::write::trace;
-use mini_scan::stages::{Order, Received, Record, Scan};
+use mini_scan::stages::{Received, Record, Scan};
 use mini_scan::telemetry::names::stage;
 use mini_scan::traces;
 use opentelemetry::trace::SpanContext;
@@ -145,16 +145,8 @@ fn bench_decode(c: &mut Criterion) {
 
 fn scan_of(i: u32, timestamp: i64) -> Scan {
     Scan {
-        key: mini_scan::stages::ScanKey {
-            ip: std::net::IpAddr::from((0x0101_0100u32 + i / 1000).to_be_bytes()),
-            port: (i % 1000) as u16,
-            service: ["HTTP", "SSH", "DNS"][(i % 3) as usize].into(),
-        },
-        order: Order {
-            timestamp,
-            published_micros: 1_700_000_000_000_000,
-            message_id: format!("{}", 10_000_000_000u64 + u64::from(i)).into(),
-        },
+        key: support::key_of(i),
+        order: support::order_of(i, timestamp),
         response: "service response: 42".into(),
         response_raw: None,
         payload: Default::default(),

@@ -260,6 +260,25 @@ pub fn plot_font() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Key number `i` of the criterion benches (`pipeline`, `dedup_store`):
+/// 1,000 ports per address, three services.
+pub fn key_of(i: u32) -> mini_scan::stages::ScanKey {
+    mini_scan::stages::ScanKey {
+        ip: std::net::IpAddr::from((0x0101_0100u32 + i / 1000).to_be_bytes()),
+        port: (i % 1000) as u16,
+        service: ["HTTP", "SSH", "DNS"][(i % 3) as usize].into(),
+    }
+}
+
+/// The order of message number `i` of the criterion benches, at `timestamp`.
+pub fn order_of(i: u32, timestamp: i64) -> mini_scan::stages::Order {
+    mini_scan::stages::Order {
+        timestamp,
+        published_micros: 1_700_000_000_000_000,
+        message_id: format!("{}", 10_000_000_000u64 + u64::from(i)).into(),
+    }
+}
+
 /// `target/bench/`, created.
 pub fn out_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
