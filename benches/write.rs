@@ -45,7 +45,8 @@ mod pooler;
 mod support;
 
 use anyhow::Context as _;
-use futures::{StreamExt, pin_mut};
+use bytes::Bytes;
+use futures::StreamExt;
 use mini_scan::pipeline::{Envelope, Settle, Settlement, Shutdown, Sink};
 use mini_scan::stages::dedup::CommittedOrders;
 use mini_scan::stages::write::merge::newest_per_key;
@@ -57,7 +58,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 use support::Postgres;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::CopyInSink;
 
 /// The newest-wins conflict clause both hand-written upserts end with.
 macro_rules! newest_wins {
@@ -251,11 +252,8 @@ async fn write_batch(
         Strategy::RawCopy => {
             let tx = client.transaction().await?;
             let stmt = tx.prepare_cached(RAW_COPY).await?;
-            let sink = tx.copy_in(&stmt).await?;
-            let writer = BinaryCopyInWriter::new(sink, &sql::COPY_TYPES);
-            pin_mut!(writer);
-            sql::copy_rows(writer.as_mut(), rows).await?;
-            writer.finish().await?;
+            let sink: CopyInSink<Bytes> = tx.copy_in(&stmt).await?;
+            sql::copy_rows(sink, rows).await?;
             tx.commit().await
         }
         Strategy::Unnest => {

@@ -4,11 +4,11 @@
 
 use super::{Conn, Measured, Options, Strategy, Variant};
 use crate::support::{self, Postgres};
-use futures::pin_mut;
+use bytes::Bytes;
 use mini_scan::stages::Scan;
 use mini_scan::stages::write::sql;
 use std::fmt::Write as _;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::CopyInSink;
 
 /// The staging table as the session-scoped path made it: once per connection.
 pub(crate) const SESSION_STAGE_TABLE: &str = "
@@ -35,11 +35,8 @@ pub(crate) async fn session_commit(
 ) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let copy = tx.prepare_cached(sql::COPY).await?;
-    let sink = tx.copy_in(&copy).await?;
-    let writer = BinaryCopyInWriter::new(sink, &sql::COPY_TYPES);
-    pin_mut!(writer);
-    sql::copy_rows(writer.as_mut(), rows).await?;
-    writer.finish().await?;
+    let sink: CopyInSink<Bytes> = tx.copy_in(&copy).await?;
+    sql::copy_rows(sink, rows).await?;
     if strategy == Strategy::Session {
         let upsert = tx.prepare_cached(sql::UPSERT).await?;
         let returned = tx.query(&upsert, &[]).await?;

@@ -11,11 +11,11 @@
 //! (`query_typed`/`execute_typed`), and the COPY's statement (COPY needs one)
 //! is closed before `COMMIT` is sent.
 
-use crate::stages::{DeadLetter, Scan, micros_to_time, secs_to_time};
-use futures::pin_mut;
+use crate::stages::{DeadLetter, Scan, micros_to_time};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::{Sink, SinkExt, pin_mut};
 use postgres_types::Type;
 use std::time::SystemTime;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
 /// Run at the start of every transaction: the server connection (which a
 /// pooler may hand to this transaction only) keeps the table once made, and
@@ -41,7 +41,7 @@ pub const CREATE_STAGE_TABLE: &str = "
 pub const COPY: &str = "COPY scan_stage (ip, port, service, last_scanned, response, response_raw, \
                     published_at, message_id) FROM STDIN (FORMAT binary)";
 
-/// The column types of a COPY of scans, in the order [`copy_rows`] writes them.
+/// The column types of a COPY of scans, in the order [`encode_rows`] writes them.
 pub const COPY_TYPES: [Type; 8] = [
     Type::INET,
     Type::INT4,
@@ -84,33 +84,101 @@ const DEAD_LETTERS: &str = "
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::timestamptz[])
     ON CONFLICT (message_id) DO NOTHING";
 
-/// Writes `scans` as binary COPY rows with the columns (ip, port, service,
-/// last_scanned, response, response_raw, published_at, message_id) typed as
-/// [`COPY_TYPES`].
-pub async fn copy_rows(
-    mut writer: std::pin::Pin<&mut BinaryCopyInWriter>,
-    scans: &[&Scan],
-) -> Result<(), tokio_postgres::Error> {
+/// How much encoded COPY data goes to the connection at a time.
+///
+/// tokio-postgres's `BinaryCopyInWriter` hands the connection task 4 KiB at a
+/// time through a one-slot channel, so a batch of 1,000 scans took ~40 task
+/// hand-offs (each a wake-up, often across threads) and an allocation each.
+/// Chunks this size make a batch one or two hand-offs and keep the encoded
+/// copy of a large batch bounded (the batch itself is already in memory).
+pub const COPY_CHUNK: usize = 256 * 1024;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// Appends rows of `scans` to `buf` in PostgreSQL's binary COPY format, with
+/// the columns of [`COPY`] (ip, port, service, last_scanned, response,
+/// response_raw, published_at, message_id) typed as [`COPY_TYPES`] and each
+/// field encoded by `postgres-protocol` as `postgres-types` would, until `buf`
+/// holds [`COPY_CHUNK`] bytes or the scans run out. Returns how many scans it
+/// appended (at least one, unless `scans` is empty).
+///
+/// The stream starts with [`COPY_HEADER`] and ends with [`COPY_TRAILER`].
+pub fn encode_rows(scans: &[&Scan], buf: &mut BytesMut) -> usize {
+    use postgres_protocol::types as wire;
+    let mut n = 0;
     for s in scans {
-        let port = i32::from(s.key.port);
-        let last_scanned = secs_to_time(s.order.timestamp);
-        let published_at = micros_to_time(s.order.published_micros);
-        let (service, message_id) = (s.key.service.as_str(), s.order.message_id.as_str());
-        writer
-            .as_mut()
-            .write(&[
-                &s.key.ip,
-                &port,
-                &service,
-                &last_scanned,
-                &s.response,
-                &s.response_raw,
-                &published_at,
-                &message_id,
-            ])
-            .await?;
+        buf.put_i16(COPY_TYPES.len() as i16);
+        field(buf, |b| {
+            let bits = if s.key.ip.is_ipv4() { 32 } else { 128 };
+            wire::inet_to_sql(s.key.ip, bits, b)
+        });
+        field(buf, |b| wire::int4_to_sql(i32::from(s.key.port), b));
+        field(buf, |b| wire::text_to_sql(&s.key.service, b));
+        field(buf, |b| {
+            wire::timestamp_to_sql(pg_micros_of_secs(s.order.timestamp), b)
+        });
+        field(buf, |b| wire::text_to_sql(&s.response, b));
+        match &s.response_raw {
+            Some(raw) => field(buf, |b| wire::bytea_to_sql(raw, b)),
+            None => buf.put_i32(-1),
+        }
+        field(buf, |b| {
+            let micros = s.order.published_micros.saturating_sub(PG_EPOCH_MICROS);
+            wire::timestamp_to_sql(micros, b)
+        });
+        field(buf, |b| wire::text_to_sql(&s.order.message_id, b));
+        n += 1;
+        if buf.len() >= COPY_CHUNK {
+            break;
+        }
     }
-    Ok(())
+    n
+}
+
+/// The binary COPY header: signature, flags, no header extension.
+pub const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// The binary COPY trailer: a field count of -1.
+pub const COPY_TRAILER: &[u8] = &(-1i16).to_be_bytes();
+
+/// Appends one field: its length, then what `encode` writes.
+fn field(buf: &mut BytesMut, encode: impl FnOnce(&mut BytesMut)) {
+    let at = buf.len();
+    buf.put_i32(0);
+    encode(buf);
+    // A field over 2 GiB cannot come from a Pub/Sub message (at most 10 MB);
+    // should one appear, -2 is a length the server rejects as the data's
+    // fault (SQLSTATE 22P04), so the write stage dead-letters the row.
+    let len = i32::try_from(buf.len() - at - 4).unwrap_or(-2);
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// A scan's timestamp, seconds since the Unix epoch (decode keeps it within
+/// years 1 to 9999), as microseconds since PostgreSQL's epoch.
+fn pg_micros_of_secs(secs: i64) -> i64 {
+    secs.saturating_mul(1_000_000)
+        .saturating_sub(PG_EPOCH_MICROS)
+}
+
+/// COPYs `scans` through `sink` (a `COPY ..` [`COPY`] `FROM STDIN` begun on
+/// the transaction, or anything else that takes the bytes) in chunks of about
+/// [`COPY_CHUNK`], then closes it, which for tokio-postgres's `CopyInSink`
+/// finishes the COPY.
+pub async fn copy_rows<S: Sink<Bytes>>(sink: S, scans: &[&Scan]) -> Result<(), S::Error> {
+    pin_mut!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK + COPY_CHUNK / 4);
+    buf.put_slice(COPY_HEADER);
+    let mut sent = 0;
+    loop {
+        sent += encode_rows(&scans[sent..], &mut buf);
+        if sent == scans.len() {
+            break;
+        }
+        sink.send(buf.split().freeze()).await?;
+    }
+    buf.put_slice(COPY_TRAILER);
+    sink.send(buf.freeze()).await?;
+    sink.close().await
 }
 
 /// Writes `scans` (one per key, sorted by key) and `dead` in one transaction.
@@ -162,12 +230,8 @@ async fn copy_in(
     scans: &[&Scan],
 ) -> Result<(), tokio_postgres::Error> {
     let copy = tx.prepare(COPY).await?;
-    let sink = tx.copy_in(&copy).await?;
-    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-    pin_mut!(writer);
-    copy_rows(writer.as_mut(), scans).await?;
-    writer.finish().await?;
-    Ok(())
+    let sink: tokio_postgres::CopyInSink<Bytes> = tx.copy_in(&copy).await?;
+    copy_rows(sink, scans).await
 }
 
 /// Which of `scans` the upsert's `returned` message ids name.
@@ -213,4 +277,105 @@ async fn insert_dead_letters(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::decode::{MAX_TIMESTAMP, MIN_TIMESTAMP};
+    use crate::stages::fixtures::scan;
+    use crate::stages::secs_to_time;
+    use postgres_types::{IsNull, ToSql};
+
+    /// The COPY stream `BinaryCopyInWriter` would send for `scans`: each
+    /// field through `postgres-types`' `ToSql`, checked against its type.
+    fn reference(scans: &[&Scan]) -> Vec<u8> {
+        let mut buf = BytesMut::from(COPY_HEADER);
+        for s in scans {
+            let port = i32::from(s.key.port);
+            let last_scanned = secs_to_time(s.order.timestamp);
+            let published_at = micros_to_time(s.order.published_micros);
+            let (service, id) = (s.key.service.as_str(), s.order.message_id.as_str());
+            let values: [&(dyn ToSql + Sync); 8] = [
+                &s.key.ip,
+                &port,
+                &service,
+                &last_scanned,
+                &s.response,
+                &s.response_raw,
+                &published_at,
+                &id,
+            ];
+            buf.put_i16(8);
+            for (value, ty) in values.into_iter().zip(&COPY_TYPES) {
+                let at = buf.len();
+                buf.put_i32(0);
+                let len = match value.to_sql_checked(ty, &mut buf).unwrap() {
+                    IsNull::Yes => -1,
+                    IsNull::No => (buf.len() - at - 4) as i32,
+                };
+                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            }
+        }
+        buf.put_slice(COPY_TRAILER);
+        buf.to_vec()
+    }
+
+    /// The chunks [`copy_rows`] sends for `scans`.
+    fn sent(scans: &[&Scan]) -> Vec<Bytes> {
+        let mut chunks: Vec<Bytes> = Vec::new();
+        futures::executor::block_on(copy_rows(&mut chunks, scans)).unwrap();
+        chunks
+    }
+
+    fn edge_cases() -> Vec<Scan> {
+        let mut v4 = scan(7, 1_700_000_000, "12345678901234567");
+        v4.response_raw = Some(vec![0, 0xff, b'\\', b'\n']);
+        v4.order.published_micros = 1_700_000_000_123_456;
+        let mut v6 = scan(8, MIN_TIMESTAMP, "x");
+        v6.key.ip = "2001:db8::1".parse().unwrap();
+        v6.key.service = "a service name longer than 24 bytes, é".into();
+        v6.order.published_micros = -1;
+        v6.response = String::new();
+        let mut last = scan(9, MAX_TIMESTAMP, "");
+        last.response_raw = Some(Vec::new());
+        vec![v4, v6, last, scan(10, 0, "epoch"), scan(11, -1, "before")]
+    }
+
+    #[test]
+    fn rows_are_encoded_as_postgres_types_encodes_them() {
+        let rows = edge_cases();
+        let refs: Vec<&Scan> = rows.iter().collect();
+        let chunks = sent(&refs);
+        assert_eq!(chunks.len(), 1, "a small batch is one chunk");
+        assert_eq!(chunks[0][..], reference(&refs)[..]);
+        assert_eq!(sent(&[])[0][..], reference(&[])[..], "no rows");
+    }
+
+    #[test]
+    fn a_large_batch_goes_out_in_chunks_of_about_copy_chunk() {
+        let big = "r".repeat(COPY_CHUNK / 3);
+        let rows: Vec<Scan> = (0..40)
+            .map(|i| {
+                let mut s = scan(i, 1_700_000_000 + i64::from(i), &format!("id{i}"));
+                if i % 7 == 0 {
+                    s.response = big.clone();
+                }
+                s
+            })
+            .chain(edge_cases())
+            .collect();
+        let refs: Vec<&Scan> = rows.iter().collect();
+        let chunks = sent(&refs);
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        for c in &chunks[..chunks.len() - 1] {
+            assert!(c.len() >= COPY_CHUNK, "an early chunk of {} bytes", c.len());
+            assert!(
+                c.len() < COPY_CHUNK + big.len() + 200,
+                "a chunk of {} bytes",
+                c.len()
+            );
+        }
+        assert_eq!(chunks.concat(), reference(&refs));
+    }
 }
