@@ -366,6 +366,7 @@ fn mix(
                 response: response(k, ts, o.response_bytes),
                 response_raw: None,
                 payload: Default::default(),
+                cached: None,
             }
         })
         .collect()

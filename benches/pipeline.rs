@@ -150,6 +150,7 @@ fn scan_of(i: u32, timestamp: i64) -> Scan {
         response: "service response: 42".into(),
         response_raw: None,
         payload: Default::default(),
+        cached: None,
     }
 }
 

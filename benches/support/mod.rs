@@ -320,6 +320,7 @@ pub fn scans(rows: usize, keys: u64, out_of_order: f64, seed: u64) -> Vec<mini_s
                 response: obs.response,
                 response_raw: obs.response_raw,
                 payload: data.into(),
+                cached: None,
             }
         })
         .collect()

@@ -20,6 +20,7 @@ pub(crate) fn scan(key: u16, ts: i64, id: &str) -> Scan {
         response: format!("{ts}/{id}"),
         response_raw: None,
         payload: Default::default(),
+        cached: None,
     }
 }
 

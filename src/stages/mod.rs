@@ -77,6 +77,9 @@ pub struct Scan {
     /// The original message data, kept to dead-letter it should the database
     /// reject the row.
     pub payload: Bytes,
+    /// The dedup cache's entry for the key, if the dedup stage's lookup found
+    /// one: the write stage learns the committed order through it.
+    pub cached: Option<dedup::CachedEntry>,
 }
 
 /// A message that cannot be stored, with why.

@@ -108,6 +108,7 @@ impl Transform for Decode {
                     response: obs.response,
                     response_raw: obs.response_raw,
                     payload: msg.data,
+                    cached: None,
                 }),
                 DecodeOutcome::Ok,
             ),

@@ -43,6 +43,7 @@ mod tests {
             response: format!("{ts}/{pubt}/{id}"),
             response_raw: None,
             payload: Default::default(),
+            cached: None,
         }
     }
 

@@ -65,7 +65,7 @@ mod tests;
 
 pub use store::{BatchStore, PgStore, StoreFault, WriteError};
 
-use super::dedup::CommittedOrders;
+use super::dedup::{CachedEntry, CommittedOrders};
 use super::{Record, Scan, now_micros};
 use crate::pipeline::{Acknowledge, Envelope, Outcome, Settle, Settlement, Shutdown, Sink};
 use crate::telemetry::Health;
@@ -225,7 +225,7 @@ impl<S: BatchStore> WriteSink<S> {
             .into_iter()
             .map(|env| {
                 if let (Some(true), Record::Scan(s)) = (learn.next(), env.payload) {
-                    learned.push((s.key, s.order));
+                    learned.push((s.cached, s.key, s.order));
                 }
                 Envelope::new(written.next().unwrap_or(Written::Nack), env.ack)
             })
@@ -238,12 +238,14 @@ impl<S: BatchStore> WriteSink<S> {
     /// the batch rather than cloned, on a blocking-pool thread: a cache insert
     /// costs about a microsecond, which would otherwise delay every ack of the
     /// batch (measured in `benches/write.rs`). Learning late is harmless; the
-    /// cache is a lower bound of the table either way.
-    fn learn(&self, learned: Vec<(super::ScanKey, super::Order)>) -> JoinHandle<()> {
+    /// cache is a lower bound of the table either way. A winner whose key the
+    /// dedup stage found cached is stored through that entry, with no second
+    /// lookup.
+    fn learn(&self, learned: Vec<Learned>) -> JoinHandle<()> {
         let orders = self.inner.orders.clone();
         tokio::task::spawn_blocking(move || {
-            for (key, order) in learned {
-                orders.committed(key, order);
+            for (entry, key, order) in learned {
+                orders.committed_at(entry, key, order);
             }
         })
     }
@@ -261,6 +263,10 @@ impl<S: BatchStore, A: Acknowledge> Sink<A> for WriteSink<S> {
         self.settle(batch).await.0
     }
 }
+
+/// A committed winner to teach the dedup cache: the entry the dedup stage
+/// found for its key (if any), the key, and the order.
+type Learned = (Option<CachedEntry>, super::ScanKey, super::Order);
 
 /// Counts a batch's rows written and dead letters, and the freshness lag of
 /// its committed winners.
