@@ -32,8 +32,8 @@ use mini_scan::pipeline::{
 use mini_scan::scan::{GenConfig, Generator};
 use mini_scan::stages::decode::{Decode, decode};
 use mini_scan::stages::dedup::{CommittedOrders, Dedup};
-use mini_scan::stages::write::Written;
 use mini_scan::stages::write::trace;
+use mini_scan::stages::write::{Written, merge};
 use mini_scan::stages::{Received, Record, Scan};
 use mini_scan::telemetry::names::stage;
 use mini_scan::traces;
@@ -211,6 +211,65 @@ fn bench_dedup(c: &mut Criterion) {
                 total += thread_cpu() - started;
             }
             total
+        })
+    });
+    g.finish();
+}
+
+/// Thread CPU time of laying out a 10k-row batch (the write stage's batch
+/// at `--batch-max-rows 10000`): collapsing it to one winner per key and
+/// placing every scan against its key's winner. `sort_then_search` is how the
+/// layout did it before (sort, then a binary search per scan); `one_pass`
+/// reads every scan's winner off the sort (`merge::merge`).
+fn bench_merge(c: &mut Criterion) {
+    const ROWS: u32 = 10_000;
+    // Keys drawn from 100k, as the write bench's batches are: ~5% repeats.
+    let mut x = 42u64;
+    let scans: Vec<Scan> = (0..ROWS)
+        .map(|i| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            scan_of((x >> 33) as u32 % 100_000, 1_700_000_000 + i64::from(i % 7))
+        })
+        .collect();
+    let refs: Vec<&Scan> = scans.iter().collect();
+    let mut g = c.benchmark_group("merge");
+    g.throughput(Throughput::Elements(u64::from(ROWS)));
+    g.bench_function("sort_then_search", |b| {
+        b.iter_custom(|iters| {
+            let started = thread_cpu();
+            for _ in 0..iters {
+                let winner_of = merge::newest_per_key(black_box(&refs));
+                let winners: Vec<&Scan> = winner_of.iter().map(|&j| refs[j]).collect();
+                let slots: Vec<(usize, bool)> = refs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, s)| {
+                        let w = winners.binary_search_by(|p| p.key.cmp(&s.key)).ok()?;
+                        Some((w, winner_of[w] == j))
+                    })
+                    .collect();
+                black_box((winners, slots));
+            }
+            thread_cpu() - started
+        })
+    });
+    g.bench_function("one_pass", |b| {
+        b.iter_custom(|iters| {
+            let started = thread_cpu();
+            for _ in 0..iters {
+                let merged = merge::merge(black_box(&refs));
+                let winners: Vec<&Scan> = merged.winners.iter().map(|&j| refs[j]).collect();
+                let slots: Vec<(usize, bool)> = merged
+                    .winner_of
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &w)| (w, merged.winners[w] == j))
+                    .collect();
+                black_box((winners, slots));
+            }
+            thread_cpu() - started
         })
     });
     g.finish();
@@ -406,6 +465,6 @@ fn bench_tracing(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
-    targets = bench_decode, bench_dedup, bench_pipeline, bench_tracing
+    targets = bench_decode, bench_dedup, bench_merge, bench_pipeline, bench_tracing
 }
 criterion_main!(benches);

@@ -1,7 +1,7 @@
 //! Layout: where each message of a batch stands in what is written.
 //!
 //! The batch is collapsed to one row per key, newest wins
-//! ([`merge::newest_per_key`]): its winners, sorted by key. Every message
+//! ([`merge::merge`]): its winners, sorted by key. Every message
 //! gets a [`Slot`]: the winner of its key, a loser to that winner, stale
 //! (proven redundant by the dedup cache), or a dead letter. The verdicts
 //! ([`super::verdict`]) are read off the slots once the winners and dead
@@ -58,17 +58,14 @@ impl<'a> Layout<'a> {
                 }
             });
         }
-        let winner_of = merge::newest_per_key(&scans);
-        let winners: Vec<&Scan> = winner_of.iter().map(|&j| scans[j]).collect();
-        for (j, (scan, &at)) in scans.iter().zip(&scan_at).enumerate() {
-            // The winners are sorted by key, one per key.
-            if let Ok(w) = winners.binary_search_by(|probe| probe.key.cmp(&scan.key)) {
-                slots[at] = if winner_of[w] == j {
-                    Slot::Winner(w)
-                } else {
-                    Slot::Loser(w)
-                };
-            }
+        let merged = merge::merge(&scans);
+        let winners: Vec<&Scan> = merged.winners.iter().map(|&j| scans[j]).collect();
+        for (j, (&w, &at)) in merged.winner_of.iter().zip(&scan_at).enumerate() {
+            slots[at] = if merged.winners[w] == j {
+                Slot::Winner(w)
+            } else {
+                Slot::Loser(w)
+            };
         }
         Self {
             winners,

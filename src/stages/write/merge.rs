@@ -11,14 +11,40 @@ use crate::stages::Scan;
 /// in this process or another replica, lock rows in the same order, so
 /// concurrent batches cannot deadlock.
 pub fn newest_per_key(scans: &[&Scan]) -> Vec<usize> {
+    merge(scans).winners
+}
+
+/// A batch of scans collapsed to one per key: see [`merge`].
+#[derive(Debug)]
+pub struct Merged {
+    /// The indices of the newest scan of every key, sorted by key
+    /// ([`newest_per_key`]).
+    pub winners: Vec<usize>,
+    /// For every scan, in input order, the position in `winners` of its
+    /// key's winner.
+    pub winner_of: Vec<usize>,
+}
+
+/// [`newest_per_key`], and for every scan the winner of its key, read off the
+/// same sort: the scans of a key are adjacent in it, so no key is looked up.
+pub fn merge(scans: &[&Scan]) -> Merged {
     let mut idx: Vec<usize> = (0..scans.len()).collect();
     // Key ascending, then order descending: the first of each key run wins.
     idx.sort_unstable_by(|&a, &b| {
         let (a, b) = (scans[a], scans[b]);
         a.key.cmp(&b.key).then_with(|| b.order.cmp(&a.order))
     });
-    idx.dedup_by(|later, first| scans[*later].key == scans[*first].key);
-    idx
+    let mut winners: Vec<usize> = Vec::new();
+    let mut winner_of = vec![0; scans.len()];
+    let mut run: Option<&Scan> = None;
+    for j in idx {
+        if run.is_none_or(|first| first.key != scans[j].key) {
+            run = Some(scans[j]);
+            winners.push(j);
+        }
+        winner_of[j] = winners.len() - 1;
+    }
+    Merged { winners, winner_of }
 }
 
 #[cfg(test)]
@@ -90,6 +116,13 @@ mod tests {
             }
             let want: Vec<(ScanKey, Order)> = want.into_iter().collect();
             prop_assert_eq!(got, want);
+            // Every scan points at its key's winner.
+            let merged = merge(&refs);
+            for (s, &w) in scans.iter().zip(&merged.winner_of) {
+                let winner = &scans[merged.winners[w]];
+                prop_assert_eq!(&winner.key, &s.key);
+                prop_assert!(winner.order >= s.order);
+            }
         }
 
         #[test]
