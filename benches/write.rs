@@ -23,7 +23,10 @@
 //! * `row_by_row`: a prepared single-row upsert per row, one transaction per
 //!   batch.
 //!
-//! Then variants of ours (ideas for speed) at the largest batch, and a sweep
+//! Then variants of ours (ideas for speed) at the largest batch (for
+//! `pg_sink`, the ingester's write stage: 1 partition, 2, the defaults, and
+//! the defaults with every scan carrying its dedup-cache entry as the dedup
+//! stage hands scans on), and a sweep
 //! of batch sizes for ours, UNNEST and raw COPY, drawn in
 //! `docs/write-throughput.png`. Tables go to stdout and to
 //! `target/bench/write.{md,csv}`.
