@@ -455,11 +455,9 @@ async fn run(
         // What the dedup stage would have learned from earlier batches: every
         // key, with an order no newer than any of its scans.
         for s in rows {
-            if orders.find(&s.key).is_none() {
-                let mut oldest = s.order.clone();
-                oldest.timestamp = i64::MIN;
-                orders.committed(s.key.clone(), oldest);
-            }
+            let mut oldest = s.order.clone();
+            oldest.timestamp = i64::MIN;
+            orders.committed(s.key.clone(), oldest);
         }
     }
     let sink_batches: Vec<Vec<Envelope<Record, ()>>> = if strategy == Strategy::Sink {

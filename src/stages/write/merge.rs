@@ -36,10 +36,9 @@ pub fn merge(scans: &[&Scan]) -> Merged {
     });
     let mut winners: Vec<usize> = Vec::new();
     let mut winner_of = vec![0; scans.len()];
-    let mut run: Option<&Scan> = None;
     for j in idx {
-        if run.is_none_or(|first| first.key != scans[j].key) {
-            run = Some(scans[j]);
+        // The last winner is the first of the current key run.
+        if winners.last().is_none_or(|&w| scans[w].key != scans[j].key) {
             winners.push(j);
         }
         winner_of[j] = winners.len() - 1;
