@@ -248,6 +248,20 @@ impl Phase {
 /// Pulls and acks on receipt through the ingester's own source, until `n`
 /// messages of subscription `sub` are acked.
 async fn null_consumer(cfg: &PubsubConfig, sub: &str, o: &Options, n: u64) -> anyhow::Result<()> {
+    null_or_holding_consumer(cfg, sub, o, n, None).await
+}
+
+/// The null consumer, or with `hold` = `(rows, wait)` one that holds every
+/// message until a batch of `rows` (or `wait`'s worth) is complete and then
+/// acks the batch, as the ingester does after its commit, with no decode,
+/// dedup or write in between: what holding messages costs the Pub/Sub client.
+async fn null_or_holding_consumer(
+    cfg: &PubsubConfig,
+    sub: &str,
+    o: &Options,
+    n: u64,
+    hold: Option<(usize, Duration)>,
+) -> anyhow::Result<()> {
     let client = cfg.subscriber(o.streams as usize).await?;
     let admin = cfg.subscription_admin().await?;
     let source = PubsubSource::new(
@@ -265,12 +279,30 @@ async fn null_consumer(cfg: &PubsubConfig, sub: &str, o: &Options, n: u64) -> an
     );
     let shutdown = Shutdown::new();
     let acked = Arc::new(AtomicU64::new(0));
-    let mut stream = std::pin::pin!(source.stream(shutdown.clone()));
+    let stream = source.stream(shutdown.clone());
     let drained = async {
-        while let Some(env) = stream.next().await {
-            env.ack.ack();
-            if acked.fetch_add(1, Ordering::Relaxed) + 1 >= n {
-                break;
+        match hold {
+            None => {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(env) = stream.next().await {
+                    env.ack.ack();
+                    if acked.fetch_add(1, Ordering::Relaxed) + 1 >= n {
+                        break;
+                    }
+                }
+            }
+            Some((rows, wait)) => {
+                let mut batches =
+                    std::pin::pin!(tokio_stream::StreamExt::chunks_timeout(stream, rows, wait));
+                while let Some(batch) = batches.next().await {
+                    let k = batch.len() as u64;
+                    for env in batch {
+                        env.ack.ack();
+                    }
+                    if acked.fetch_add(k, Ordering::Relaxed) + k >= n {
+                        break;
+                    }
+                }
             }
         }
     };

@@ -129,7 +129,9 @@ pub(super) fn report(o: &Options, items: &[Item], rounds: u32, rows: &[Row]) -> 
 }
 
 fn is_null(items: &[Item], label: &str) -> bool {
-    items.iter().any(|i| i.label == label && i.binary.is_none())
+    items
+        .iter()
+        .any(|i| i.label == label && i.binary.is_none() && !i.hold)
 }
 
 /// Minimum, median (the mean of the middle two of an even count), maximum.
