@@ -10,6 +10,12 @@
 # stage needs nothing but the binary and CA certificates.
 
 FROM rust:1-slim-bookworm AS builder
+# make builds jemalloc, the ingester's allocator (tikv-jemalloc-sys runs its
+# configure and make); the slim image has gcc but not make.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /build
 
 # Dependencies first, in their own layer: build a placeholder crate with the

@@ -38,4 +38,16 @@ pub mod pubsub;
 pub mod scan;
 pub mod stages;
 pub mod telemetry;
+
+/// jemalloc instead of the system allocator, for every binary, test and bench
+/// linking this crate (so the e2e bench's null consumer, which runs in the
+/// bench process, allocates as the ingester does). Per message the ingester
+/// allocates and frees a few dozen blocks of very different sizes (pull
+/// responses, decoded rows, batches, COPY buffers, `RETURNING` rows); glibc's
+/// malloc spent ~10% of its sampled CPU on them, much of it consolidating
+/// free lists (`malloc_consolidate`, `unlink_chunk`). docs/BENCHMARKS.md
+/// section 10 has the before/after.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub mod traces;

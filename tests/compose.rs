@@ -506,6 +506,9 @@ fn dockerfile_dependency_layer_parses_with_the_locked_manifest() {
                 assert!(status.success(), "replaying COPY {args} failed");
             }
             "WORKDIR" | "ENV" | "ARG" => {}
+            // Build tools for the image (make, for jemalloc); what cargo
+            // parses does not depend on them.
+            "RUN" if args.trim_start().starts_with("apt-get") => {}
             other => panic!("the dependency layer has a {other} this test cannot replay"),
         }
     }
