@@ -39,6 +39,8 @@ pub mod scan;
 pub mod stages;
 pub mod telemetry;
 
+pub mod traces;
+
 /// jemalloc instead of the system allocator, for every binary, test and bench
 /// linking this crate (so the e2e bench's null consumer, which runs in the
 /// bench process, allocates as the ingester does). Per message the ingester
@@ -50,4 +52,3 @@ pub mod telemetry;
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-pub mod traces;

@@ -44,12 +44,20 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug)]
 pub(crate) struct Item {
     label: String,
-    /// `None`: a consumer in this process (`null`, or `hold`).
-    binary: Option<PathBuf>,
-    /// The in-process consumer holds messages until their batch is complete.
-    hold: bool,
+    consumer: Consumer,
     streams: u32,
     outstanding: Option<u32>,
+}
+
+/// What an item runs.
+#[derive(Clone, Debug)]
+pub(crate) enum Consumer {
+    /// The null consumer, in this process.
+    Null,
+    /// The null consumer acking per batch, in this process.
+    Hold,
+    /// `mini-scan ingest` from this binary.
+    Binary(PathBuf),
 }
 
 /// Parses `LABEL=KIND:STREAMS[:OUTSTANDING],...`.
@@ -62,15 +70,15 @@ pub(crate) fn parse(spec: &str) -> anyhow::Result<Vec<Item>> {
             let kind = parts.next().with_context(bad)?;
             let streams = parts.next().with_context(bad)?.parse().with_context(bad)?;
             let outstanding = parts.next().map(str::parse).transpose().with_context(bad)?;
-            let binary = match kind {
-                "null" | "hold" => None,
-                "self" => Some(PathBuf::from(env!("CARGO_BIN_EXE_mini-scan"))),
-                path => Some(PathBuf::from(path)),
+            let consumer = match kind {
+                "null" => Consumer::Null,
+                "hold" => Consumer::Hold,
+                "self" => Consumer::Binary(PathBuf::from(env!("CARGO_BIN_EXE_mini-scan"))),
+                path => Consumer::Binary(PathBuf::from(path)),
             };
             Ok(Item {
                 label: label.to_string(),
-                binary,
-                hold: kind == "hold",
+                consumer,
                 streams,
                 outstanding,
             })
@@ -105,7 +113,11 @@ struct Live {
 
 /// Runs `rounds` rounds of `items` and writes the table.
 pub(crate) async fn run(o: &Options, items: &[Item], rounds: u32) -> anyhow::Result<()> {
-    if o.feed_rate.is_some() && items.iter().any(|i| i.binary.is_none()) {
+    if o.feed_rate.is_some()
+        && items
+            .iter()
+            .any(|i| !matches!(i.consumer, Consumer::Binary(_)))
+    {
         bail!("--feed-rate with --matrix runs binaries only, not the null consumer");
     }
     let pg = Postgres::start().await?;
@@ -127,9 +139,11 @@ pub(crate) async fn run(o: &Options, items: &[Item], rounds: u32) -> anyhow::Res
             let (topic, sub) = (format!("scans-{phase}"), format!("sub-{phase}"));
             cfg.ensure(&topic, &sub, 60).await?;
             let expected = publish(&cfg, &topic, o, o.feed_rate.is_none()).await?;
-            let mut row = match &item.binary {
-                None => null_phase(o, &cfg, &sub, item, &pg, &em).await?,
-                Some(bin) => {
+            let mut row = match &item.consumer {
+                Consumer::Null | Consumer::Hold => {
+                    null_phase(o, &cfg, &sub, item, &pg, &em).await?
+                }
+                Consumer::Binary(bin) => {
                     let url = pg.fresh_database().await?;
                     let phase = Phase {
                         o,
@@ -190,8 +204,7 @@ async fn null_phase(
     opts.max_outstanding = item.outstanding.unwrap_or(o.max_outstanding);
     let (pg0, em0) = (server_cpu(pg), support::tree_cpu(em.pid()));
     let (cpu0, started) = (support::process_cpu(), Instant::now());
-    let hold = item
-        .hold
+    let hold = matches!(item.consumer, Consumer::Hold)
         .then(|| (o.batch_rows as usize, Duration::from_millis(100)));
     null_or_holding_consumer(cfg, sub, &opts, o.messages, hold).await?;
     let (cpu, secs) = (

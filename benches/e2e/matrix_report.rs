@@ -1,7 +1,7 @@
 //! The `--matrix` report: the freshness-lag quantiles read from an
 //! ingester's `/metrics`, and the markdown tables.
 
-use super::{Item, Options, Row};
+use super::{Consumer, Item, Options, Row};
 use crate::support;
 use std::fmt::Write as _;
 
@@ -131,7 +131,7 @@ pub(super) fn report(o: &Options, items: &[Item], rounds: u32, rows: &[Row]) -> 
 fn is_null(items: &[Item], label: &str) -> bool {
     items
         .iter()
-        .any(|i| i.label == label && i.binary.is_none() && !i.hold)
+        .any(|i| i.label == label && matches!(i.consumer, Consumer::Null))
 }
 
 /// Minimum, median (the mean of the middle two of an even count), maximum.
