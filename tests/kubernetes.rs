@@ -14,8 +14,9 @@
 //!   config and the routes the binary serves; the termination grace period
 //!   outlasts the shutdown grace plus the ack flush; the dashboard ConfigMap
 //!   equals `grafana/dashboards/mini-scan.json`; plus the pods' lockdown, the
-//!   two database roles, the autoscaler's target and damping, and the GKE
-//!   overlay's identity and Cloud SQL sidecar;
+//!   two database roles, the autoscaler's target and damping, the dead-letters
+//!   purge CronJob (its args parsed by the binary's own `Cli`), and the GKE
+//!   overlay's identity and Cloud SQL sidecar (the same in every pod);
 //! * `each_cross_check_fails_on_a_manifest_broken_on_purpose` breaks each of
 //!   those once and asserts the check says so;
 //! * the Dockerfile's strip step, replayed on the test build;
@@ -54,6 +55,7 @@ const SERVED: &[(&str, &str)] = &[
     ("v1", "ConfigMap"),
     ("apps/v1", "Deployment"),
     ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
     ("policy/v1", "PodDisruptionBudget"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("keda.sh/v1alpha1", "ScaledObject"),
@@ -146,12 +148,15 @@ fn one<'a>(objects: &'a [Value], kind: &str) -> Option<&'a Value> {
     of_kind(objects, kind).into_iter().next()
 }
 
-/// The Deployment and Job pod templates: (object, pod spec).
+/// The Deployment, Job and CronJob pod templates: (object, pod spec).
 fn pod_templates(objects: &[Value]) -> Vec<(&Value, &Value)> {
     objects
         .iter()
-        .filter(|o| matches!(kind_of(o), "Deployment" | "Job"))
-        .map(|o| (o, &o["spec"]["template"]["spec"]))
+        .filter_map(|o| match kind_of(o) {
+            "Deployment" | "Job" => Some((o, &o["spec"]["template"]["spec"])),
+            "CronJob" => Some((o, &o["spec"]["jobTemplate"]["spec"]["template"]["spec"])),
+            _ => None,
+        })
         .collect()
 }
 
@@ -190,6 +195,22 @@ fn the_migrate(objects: &[Value]) -> Option<(&Value, &Value)> {
     our_containers(objects)
         .into_iter()
         .find(|(o, c)| kind_of(o) == "Job" && c["args"][0] == "migrate")
+}
+
+fn the_purge(objects: &[Value]) -> Option<(&Value, &Value)> {
+    our_containers(objects).into_iter().find(|(o, c)| {
+        kind_of(o) == "CronJob" && c["args"][0] == "dead-letters" && c["args"][1] == "purge"
+    })
+}
+
+/// A container's args.
+fn args_of(container: &Value) -> Vec<&str> {
+    container["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
 }
 
 /// Where an env var's value comes from.
@@ -249,6 +270,7 @@ fn every_kustomization_renders_the_objects_it_promises() {
                 "ConfigMap",
                 "Deployment",
                 "Job",
+                "CronJob",
                 "PodDisruptionBudget",
                 "ScaledObject",
                 "TriggerAuthentication",
@@ -262,12 +284,19 @@ fn every_kustomization_renders_the_objects_it_promises() {
                 "ServiceAccount",
                 "Deployment",
                 "Job",
+                "CronJob",
                 "ScaledObject",
             ],
         ),
         (
             KUSTOMIZATIONS[2],
-            &["Namespace", "Deployment", "Job", "HorizontalPodAutoscaler"],
+            &[
+                "Namespace",
+                "Deployment",
+                "Job",
+                "CronJob",
+                "HorizontalPodAutoscaler",
+            ],
         ),
     ];
     for (dir, kinds) in expected {
@@ -423,24 +452,23 @@ fn check_flags_and_env(objects: &[Value]) -> Vec<String> {
                 "{at}: overrides the image's ENTRYPOINT [\"mini-scan\"]"
             ));
         }
-        let args: Vec<&str> = container["args"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let Some(subcommand) = args.first() else {
+        let args = args_of(container);
+        // The subcommand, and its own subcommand if it has one
+        // (`dead-letters purge`): the args before the first flag.
+        let words = args.iter().take_while(|a| !a.starts_with('-')).count();
+        if words == 0 {
             problems.push(format!("{at}: no args (a mini-scan subcommand)"));
             continue;
-        };
-        let help = match cached_help(subcommand) {
+        }
+        let subcommand = args[..words].join(" ");
+        let help = match cached_help(&subcommand) {
             Ok(help) => help,
             Err(why) => {
                 problems.push(format!("{at}: {why}"));
                 continue;
             }
         };
-        for flag in args[1..].iter().filter(|a| a.starts_with("--")) {
+        for flag in args[words..].iter().filter(|a| a.starts_with("--")) {
             let flag = flag.split_once('=').map_or(*flag, |(f, _)| f);
             if !help_mentions_flag(&help, flag) {
                 problems.push(format!(
@@ -744,6 +772,78 @@ fn check_database_roles(objects: &[Value]) -> Vec<String> {
     if !grants {
         problems.push("the migrate Job does not pass --grant-ingest-to=ROLE".into());
     }
+    // Purging deletes from dead_letters, which the ingest role may not.
+    if let Some((_, purge)) = the_purge(objects) {
+        let (purging, ingest) = (secret(purge), secret(ingester));
+        if purging.is_none() || purging == ingest {
+            problems.push(format!(
+                "the purge CronJob's DATABASE_URL must come from a Secret other than the ingest role's {ingest:?} (the ingest role may not delete dead letters); it has {purging:?}"
+            ));
+        }
+    }
+    problems
+}
+
+/// The dead-letters purge: one CronJob whose args the real command line
+/// accepts, deleting (not a dry run) after a retention of at least a day,
+/// on a schedule with a time zone, one run at a time.
+fn check_purge(objects: &[Value]) -> Vec<String> {
+    use clap::Parser;
+    use mini_scan::config::{Cli, Command as Sub, DeadLettersCommand};
+    let Some((cronjob, purge)) = the_purge(objects) else {
+        return vec!["no CronJob runs `dead-letters purge`".into()];
+    };
+    let mut problems = Vec::new();
+    // The URL comes from a Secret at run time; a placeholder stands in.
+    let argv = ["mini-scan"]
+        .into_iter()
+        .chain(args_of(purge))
+        .chain(["--database-url", "postgres://placeholder@localhost/db"]);
+    match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Sub::DeadLetters(d),
+            ..
+        }) => match d.command {
+            DeadLettersCommand::Purge(p) => {
+                if p.run.dry_run {
+                    problems.push("the purge is a --dry-run: it deletes nothing".into());
+                }
+                let day = Duration::from_secs(86_400);
+                if *p.older_than < day {
+                    problems.push(format!(
+                        "--older-than {} is under a day: dead letters would be gone before anyone looks",
+                        p.older_than
+                    ));
+                }
+            }
+            other => problems.push(format!("parsed as {other:?}, not a purge")),
+        },
+        Ok(other) => problems.push(format!("parsed as {:?}, not dead-letters", other.command)),
+        Err(e) => problems.push(format!(
+            "`mini-scan {}` is refused: {}",
+            args_of(purge).join(" "),
+            e.to_string().lines().next().unwrap_or_default()
+        )),
+    }
+    let spec = &cronjob["spec"];
+    let fields = spec["schedule"]
+        .as_str()
+        .map(|s| s.split_whitespace().count());
+    if fields != Some(5) {
+        problems.push(format!(
+            "schedule {} is not five cron fields",
+            spec["schedule"]
+        ));
+    }
+    if spec["timeZone"].as_str().is_none() {
+        problems.push("no timeZone: the schedule would follow the controller's".into());
+    }
+    if spec["concurrencyPolicy"] != "Forbid" {
+        problems.push(format!(
+            "concurrencyPolicy {}: runs could pile up behind a slow one",
+            spec["concurrencyPolicy"]
+        ));
+    }
     problems
 }
 
@@ -914,6 +1014,7 @@ fn check_namespace(objects: &[Value]) -> Vec<String> {
 /// SQL Auth Proxy as a native sidecar of every pod that reaches PostgreSQL.
 fn check_gke(objects: &[Value]) -> Vec<String> {
     let mut problems = Vec::new();
+    let mut first: Option<(String, &Value)> = None;
     for (owner, pod) in pod_templates(objects) {
         let at = format!("{} {}", kind_of(owner), name_of(owner));
         let account = of_kind(objects, "ServiceAccount")
@@ -939,6 +1040,14 @@ fn check_gke(objects: &[Value]) -> Vec<String> {
             Some(p) if p["restartPolicy"] == "Always" && !p["startupProbe"].is_null() => {}
             _ => problems.push(format!("{at}: no Cloud SQL Auth Proxy native sidecar (init container, restartPolicy Always, startupProbe)")),
         }
+        // The CronJob's sidecar comes from a patch file of its own.
+        match (proxy, &first) {
+            (Some(p), Some((where_, seen))) if p != *seen => problems.push(format!(
+                "{at}: its Cloud SQL Auth Proxy differs from {where_}'s (overlays/gke/cloud-sql-proxy*.yaml must match)"
+            )),
+            (Some(p), None) => first = Some((at, p)),
+            _ => {}
+        }
     }
     problems
 }
@@ -953,6 +1062,7 @@ const COMMON_CHECKS: &[(&str, Check)] = &[
     ("lockdown", check_lockdown),
     ("database roles", check_database_roles),
     ("autoscaling", check_autoscaling),
+    ("dead-letters purge", check_purge),
 ];
 const OVERLAY_CHECKS: &[(&str, Check)] = &[("namespace", check_namespace), ("gke", check_gke)];
 
@@ -1034,6 +1144,25 @@ const BROKEN: &[Broken] = &[
         value: r#""mini-scan-db-owner""# },
     Broken { what: "migrate without --grant-ingest-to", check: "database roles", kind: "Job", pick: any,
         pointer: "/spec/template/spec/containers/0/args", value: r#"["migrate"]"# },
+    Broken { what: "a purge as the ingest role", check: "database roles", kind: "CronJob", pick: any,
+        pointer: "/spec/jobTemplate/spec/template/spec/containers/0/env/0/valueFrom/secretKeyRef/name",
+        value: r#""mini-scan-db-ingest""# },
+    Broken { what: "an unknown purge flag", check: "flags and env vars", kind: "CronJob", pick: any,
+        pointer: "/spec/jobTemplate/spec/template/spec/containers/0/args",
+        value: r#"["dead-letters", "purge", "--older-than=30days", "--no-such-flag"]"# },
+    Broken { what: "a retention that does not parse", check: "dead-letters purge", kind: "CronJob",
+        pick: any, pointer: "/spec/jobTemplate/spec/template/spec/containers/0/args/2",
+        value: r#""--older-than=30 dais""# },
+    Broken { what: "a purge that only counts", check: "dead-letters purge", kind: "CronJob", pick: any,
+        pointer: "/spec/jobTemplate/spec/template/spec/containers/0/args",
+        value: r#"["dead-letters", "purge", "--older-than=30days", "--dry-run"]"# },
+    Broken { what: "a retention of an hour", check: "dead-letters purge", kind: "CronJob", pick: any,
+        pointer: "/spec/jobTemplate/spec/template/spec/containers/0/args/2", value: r#""--older-than=1h""# },
+    Broken { what: "purges that may overlap", check: "dead-letters purge", kind: "CronJob", pick: any,
+        pointer: "/spec/concurrencyPolicy", value: r#""Allow""# },
+    Broken { what: "a purge sidecar unlike the others", check: "gke", kind: "CronJob", pick: any,
+        pointer: "/spec/jobTemplate/spec/template/spec/initContainers/0/image",
+        value: r#""gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.0.0""# },
     Broken { what: "an autoscaler aimed elsewhere", check: "autoscaling", kind: "ScaledObject", pick: any,
         pointer: "/spec/scaleTargetRef/name", value: r#""other""# },
     Broken { what: "an autoscaler that flaps", check: "autoscaling", kind: "ScaledObject", pick: any,

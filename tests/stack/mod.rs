@@ -142,10 +142,12 @@ pub fn copy_args(args: &str) -> (Vec<String>, String) {
 
 /// `mini-scan <subcommand> --help`, run with a clean environment so the help
 /// shows no values from this machine's env (`[env: DATABASE_URL=...]` would
-/// print a password); the error says why it failed.
+/// print a password); the error says why it failed. A subcommand of a
+/// subcommand is given with a space: `"dead-letters purge"`.
 pub fn help(subcommand: &str) -> Result<String, String> {
     let output = std::process::Command::new(binary())
-        .args([subcommand, "--help"])
+        .args(subcommand.split_whitespace())
+        .arg("--help")
         .env_clear()
         .output()
         .map_err(|e| format!("running mini-scan {subcommand} --help: {e}"))?;
