@@ -42,6 +42,7 @@ const KUSTOMIZATIONS: &[&str] = &[
     "deploy/kubernetes/base",
     "deploy/kubernetes/overlays/gke",
     "deploy/kubernetes/overlays/gke-hpa",
+    "deploy/kubernetes/overlays/gke-tracing",
 ];
 
 /// The API versions the manifests may use: each is served by every Kubernetes
@@ -298,6 +299,10 @@ fn every_kustomization_renders_the_objects_it_promises() {
                 "HorizontalPodAutoscaler",
             ],
         ),
+        (
+            KUSTOMIZATIONS[3],
+            &["Namespace", "ConfigMap", "Deployment", "Job", "CronJob"],
+        ),
     ];
     for (dir, kinds) in expected {
         let objects = rendered(dir);
@@ -308,6 +313,40 @@ fn every_kustomization_renders_the_objects_it_promises() {
                 "{dir} renders no {kind} (it renders {found:?})"
             );
         }
+    }
+}
+
+/// Traces are off in the base and the plain overlays, and on, to an in-cluster
+/// collector at a sampled ratio, in the tracing overlay.
+#[test]
+fn traces_are_on_only_where_the_tracing_component_is() {
+    for dir in KUSTOMIZATIONS {
+        let objects = rendered(dir);
+        let (_, ingester) = the_ingester(objects).expect("an ingester");
+        let env = environment(objects, ingester);
+        let settings =
+            mini_scan::traces::Settings::from_lookup(|k| literal(&env, k).map(str::to_owned))
+                .unwrap_or_else(|e| panic!("{dir}: {e}"));
+        if !dir.ends_with("-tracing") {
+            assert!(settings.is_none(), "{dir}: traces are on: {settings:?}");
+            continue;
+        }
+        let settings = settings.unwrap_or_else(|| panic!("{dir}: traces are off"));
+        assert_eq!(
+            settings.protocol,
+            mini_scan::traces::Protocol::Grpc,
+            "{dir}"
+        );
+        assert!(
+            settings.endpoint.starts_with("http://") && settings.endpoint.ends_with(":4317"),
+            "{dir}: endpoint {}",
+            settings.endpoint
+        );
+        assert_eq!(
+            literal(&env, "OTEL_TRACES_SAMPLER"),
+            Some("parentbased_traceidratio"),
+            "{dir}: every batch traced would cost a span per batch per replica"
+        );
     }
 }
 
@@ -1052,6 +1091,54 @@ fn check_gke(objects: &[Value]) -> Vec<String> {
     problems
 }
 
+/// OpenTelemetry variables read for traces beyond those src/traces.rs names:
+/// by the opentelemetry-otlp exporter and the SDK's batch processor, span
+/// limits and resource detector (each a quoted name in their sources).
+const OTEL_READ_BY_THE_SDK: &[&str] = &[
+    "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_MAX_CONCURRENT_EXPORTS",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_INSECURE",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+];
+
+/// The ingester's tracing settings: every `OTEL_*` name is one that is read
+/// (a misspelt one would be ignored without a word), and the binary's own
+/// parser accepts the values (a bad one would stop every replica at start).
+fn check_traces(objects: &[Value]) -> Vec<String> {
+    let Some((_, ingester)) = the_ingester(objects) else {
+        return vec!["no ingester Deployment".into()];
+    };
+    let env = environment(objects, ingester);
+    let ours = read("src/traces.rs");
+    let mut problems: Vec<String> = env
+        .keys()
+        .filter(|k| k.starts_with("OTEL_"))
+        .filter(|k| {
+            !ours.contains(&format!("\"{k}\"")) && !OTEL_READ_BY_THE_SDK.contains(&k.as_str())
+        })
+        .map(|k| format!("sets {k}, which neither src/traces.rs nor the OpenTelemetry SDK reads"))
+        .collect();
+    if let Err(e) =
+        mini_scan::traces::Settings::from_lookup(|k| literal(&env, k).map(str::to_owned))
+    {
+        problems.push(format!("the ingester would not start: {e}"));
+    }
+    problems
+}
+
 /// The checks every render passes, with a name for messages.
 type Check = fn(&[Value]) -> Vec<String>;
 const COMMON_CHECKS: &[(&str, Check)] = &[
@@ -1063,6 +1150,7 @@ const COMMON_CHECKS: &[(&str, Check)] = &[
     ("database roles", check_database_roles),
     ("autoscaling", check_autoscaling),
     ("dead-letters purge", check_purge),
+    ("traces", check_traces),
 ];
 const OVERLAY_CHECKS: &[(&str, Check)] = &[("namespace", check_namespace), ("gke", check_gke)];
 
@@ -1175,6 +1263,10 @@ const BROKEN: &[Broken] = &[
     Broken { what: "a PodDisruptionBudget selecting nothing", check: "autoscaling",
         kind: "PodDisruptionBudget", pick: any,
         pointer: "/spec/selector/matchLabels/app.kubernetes.io~1component", value: r#""other""# },
+    Broken { what: "a misspelt OTEL variable", check: "traces", kind: "ConfigMap", pick: settings,
+        pointer: "/data/OTEL_TRACE_SAMPLER", value: r#""always_on""# },
+    Broken { what: "an OTLP endpoint without a scheme", check: "traces", kind: "ConfigMap",
+        pick: settings, pointer: "/data/OTEL_EXPORTER_OTLP_ENDPOINT", value: r#""otel-collector:4317""# },
     Broken { what: "an object outside the namespace", check: "namespace", kind: "Job", pick: any,
         pointer: "/metadata/namespace", value: r#""default""# },
     Broken { what: "a proxy that is not a native sidecar", check: "gke", kind: "Job", pick: any,
