@@ -11,7 +11,21 @@ use crate::stages::Scan;
 /// in this process or another replica, lock rows in the same order, so
 /// concurrent batches cannot deadlock.
 pub fn newest_per_key(scans: &[&Scan]) -> Vec<usize> {
-    merge(scans).winners
+    let mut idx = by_key_newest_first(scans);
+    // The first of each key run is its newest; drop the rest of the run.
+    idx.dedup_by(|later, first| scans[*later].key == scans[*first].key);
+    idx
+}
+
+/// The indices of `scans`, sorted by key ascending, then order descending:
+/// the first of each key run is the key's newest.
+fn by_key_newest_first(scans: &[&Scan]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..scans.len()).collect();
+    idx.sort_unstable_by(|&a, &b| {
+        let (a, b) = (scans[a], scans[b]);
+        a.key.cmp(&b.key).then_with(|| b.order.cmp(&a.order))
+    });
+    idx
 }
 
 /// A batch of scans collapsed to one per key: see [`merge`].
@@ -28,12 +42,7 @@ pub struct Merged {
 /// [`newest_per_key`], and for every scan the winner of its key, read off the
 /// same sort: the scans of a key are adjacent in it, so no key is looked up.
 pub fn merge(scans: &[&Scan]) -> Merged {
-    let mut idx: Vec<usize> = (0..scans.len()).collect();
-    // Key ascending, then order descending: the first of each key run wins.
-    idx.sort_unstable_by(|&a, &b| {
-        let (a, b) = (scans[a], scans[b]);
-        a.key.cmp(&b.key).then_with(|| b.order.cmp(&a.order))
-    });
+    let idx = by_key_newest_first(scans);
     let mut winners: Vec<usize> = Vec::new();
     let mut winner_of = vec![0; scans.len()];
     for j in idx {
