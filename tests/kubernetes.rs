@@ -258,6 +258,14 @@ fn literal<'a>(env: &'a BTreeMap<String, Source>, name: &str) -> Option<&'a str>
     }
 }
 
+/// What the binary's own parser makes of the `OTEL_*` settings in `env`:
+/// `None` if tracing is off, an error if it would refuse to start.
+fn trace_settings(
+    env: &BTreeMap<String, Source>,
+) -> Result<Option<mini_scan::traces::Settings>, String> {
+    mini_scan::traces::Settings::from_lookup(|k| literal(env, k).map(str::to_owned))
+}
+
 // ---------------------------------------------------------------------------
 // Rendering and schemas
 
@@ -324,9 +332,7 @@ fn traces_are_on_only_where_the_tracing_component_is() {
         let objects = rendered(dir);
         let (_, ingester) = the_ingester(objects).expect("an ingester");
         let env = environment(objects, ingester);
-        let settings =
-            mini_scan::traces::Settings::from_lookup(|k| literal(&env, k).map(str::to_owned))
-                .unwrap_or_else(|e| panic!("{dir}: {e}"));
+        let settings = trace_settings(&env).unwrap_or_else(|e| panic!("{dir}: {e}"));
         if !dir.ends_with("-tracing") {
             assert!(settings.is_none(), "{dir}: traces are on: {settings:?}");
             continue;
@@ -833,10 +839,11 @@ fn check_purge(objects: &[Value]) -> Vec<String> {
         return vec!["no CronJob runs `dead-letters purge`".into()];
     };
     let mut problems = Vec::new();
+    let args = args_of(purge);
     // The URL comes from a Secret at run time; a placeholder stands in.
     let argv = ["mini-scan"]
         .into_iter()
-        .chain(args_of(purge))
+        .chain(args.iter().copied())
         .chain(["--database-url", "postgres://placeholder@localhost/db"]);
     match Cli::try_parse_from(argv) {
         Ok(Cli {
@@ -860,7 +867,7 @@ fn check_purge(objects: &[Value]) -> Vec<String> {
         Ok(other) => problems.push(format!("parsed as {:?}, not dead-letters", other.command)),
         Err(e) => problems.push(format!(
             "`mini-scan {}` is refused: {}",
-            args_of(purge).join(" "),
+            args.join(" "),
             e.to_string().lines().next().unwrap_or_default()
         )),
     }
@@ -1079,10 +1086,11 @@ fn check_gke(objects: &[Value]) -> Vec<String> {
             Some(p) if p["restartPolicy"] == "Always" && !p["startupProbe"].is_null() => {}
             _ => problems.push(format!("{at}: no Cloud SQL Auth Proxy native sidecar (init container, restartPolicy Always, startupProbe)")),
         }
-        // The CronJob's sidecar comes from a patch file of its own.
+        // The CronJob's sidecar is copied from the migrate Job by the
+        // overlay's replacements, not by the patch the others get.
         match (proxy, &first) {
             (Some(p), Some((where_, seen))) if p != *seen => problems.push(format!(
-                "{at}: its Cloud SQL Auth Proxy differs from {where_}'s (overlays/gke/cloud-sql-proxy*.yaml must match)"
+                "{at}: its Cloud SQL Auth Proxy differs from {where_}'s (overlays/gke copies it with replacements)"
             )),
             (Some(p), None) => first = Some((at, p)),
             _ => {}
@@ -1131,9 +1139,7 @@ fn check_traces(objects: &[Value]) -> Vec<String> {
         })
         .map(|k| format!("sets {k}, which neither src/traces.rs nor the OpenTelemetry SDK reads"))
         .collect();
-    if let Err(e) =
-        mini_scan::traces::Settings::from_lookup(|k| literal(&env, k).map(str::to_owned))
-    {
+    if let Err(e) = trace_settings(&env) {
         problems.push(format!("the ingester would not start: {e}"));
     }
     problems
