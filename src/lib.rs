@@ -38,7 +38,6 @@ pub mod pubsub;
 pub mod scan;
 pub mod stages;
 pub mod telemetry;
-
 pub mod traces;
 
 /// jemalloc instead of the system allocator, for every binary, test and bench
