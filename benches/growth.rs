@@ -26,7 +26,16 @@
 //! (repeatable; `k` a server setting, or `batch` for rows per batch; default
 //! one variant `default` with no settings), `--batch N` (default for every
 //! variant: the ingester's), `--new-ratio F` (0.1), `--out-of-order F` (0.2),
-//! `--response-bytes N` (64), `--seed N`, `--plot PATH`.
+//! `--response-bytes N` (64), `--seed N`, `--plot PATH`, `--windows N` (1).
+//!
+//! With `--windows N` every variant writes N windows in a row after its
+//! checkpoint, with no restart or checkpoint of ours between them, and a
+//! second table reports each window's WAL per row and the running average
+//! since the checkpoint: how WAL per row falls as the pages that paid their
+//! full-page image fill up, i.e. (until PostgreSQL checkpoints on its own,
+//! counted per window) the steady state for a checkpoint interval of that
+//! many rows. The first table and the plot use each variant's first
+//! window only.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -77,6 +86,8 @@ struct Options {
     response_bytes: usize,
     seed: u64,
     plot: Option<std::path::PathBuf>,
+    /// Windows written in a row per size and variant, after one checkpoint.
+    windows: usize,
 }
 
 /// `NAME` or `NAME:k=v,k=v`; `batch` is the client's rows per batch, any
@@ -121,6 +132,7 @@ fn options() -> anyhow::Result<Options> {
         response_bytes: 64,
         seed: 1,
         plot: None,
+        windows: 1,
     };
     let mut batch = defaults::BATCH_MAX_ROWS as usize;
     let mut specs = Vec::new();
@@ -145,6 +157,7 @@ fn options() -> anyhow::Result<Options> {
             "--response-bytes" => o.response_bytes = value()?.parse()?,
             "--seed" => o.seed = value()?.parse()?,
             "--plot" => o.plot = Some(value()?.into()),
+            "--windows" => o.windows = value()?.parse()?,
             other => anyhow::bail!("unknown option {other:?}"),
         }
     }
@@ -157,8 +170,8 @@ fn options() -> anyhow::Result<Options> {
         .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(o.sizes.windows(2).all(|w| w[0] < w[1]), "--sizes must grow");
     anyhow::ensure!(
-        batch > 0 && o.measure_rows > 0,
-        "--batch and --measure-rows must be > 0"
+        batch > 0 && o.measure_rows > 0 && o.windows > 0,
+        "--batch, --measure-rows and --windows must be > 0"
     );
     Ok(o)
 }
@@ -376,6 +389,9 @@ fn mix(
 struct Point {
     variant: String,
     size: u64,
+    /// Which of the windows written in a row after the variant's checkpoint
+    /// (0: the first).
+    window: usize,
     batch: usize,
     rows: usize,
     secs: f64,
@@ -559,6 +575,7 @@ async fn measure(
     pg: &Postgres,
     v: &Variant,
     size: u64,
+    window: usize,
     scans: Vec<Scan>,
     grow_secs: f64,
 ) -> anyhow::Result<Point> {
@@ -603,6 +620,7 @@ async fn measure(
     Ok(Point {
         variant: v.name.clone(),
         size,
+        window,
         batch: v.batch,
         rows,
         secs,
@@ -667,25 +685,12 @@ async fn bench(o: Options) -> anyhow::Result<()> {
             // Let the backends of those connections exit: a busy backend that
             // exits mid-window would take its CPU time out of the count.
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let scans = mix(&o, size, &mut next_new, &mut next_id, &mut rng);
-            let p = measure(&pg, v, size, scans, grow_secs).await?;
-            eprintln!(
-                "  {:>11} keys, {:<12} {:>8.0} rows/s, p50 {:.1} ms p99 {:.1} ms, \
-                 {:.0} WAL B/row, {:.2} PG cores, {:.2} reads/row, {:.2} disk kB/row, \
-                 {} checkpoints, waits {}",
-                p.size,
-                p.variant,
-                p.rate(),
-                p.p50_ms,
-                p.p99_ms,
-                p.wal_per_row,
-                p.server_cores,
-                p.reads_per_row,
-                p.disk_kb_per_row,
-                p.checkpoints,
-                waits(&p.waits, 3)
-            );
-            points.push(p);
+            for window in 0..o.windows {
+                let scans = mix(&o, size, &mut next_new, &mut next_id, &mut rng);
+                let p = measure(&pg, v, size, window, scans, grow_secs).await?;
+                progress(&p);
+                points.push(p);
+            }
         }
     }
     report(&o, &version, &points)?;
@@ -694,6 +699,27 @@ async fn bench(o: Options) -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// One line on stderr per window.
+fn progress(p: &Point) {
+    eprintln!(
+        "  {:>11} keys, {:<12} window {} {:>8.0} rows/s, p50 {:.1} ms p99 {:.1} ms, \
+         {:.0} WAL B/row, {:.2} PG cores, {:.2} reads/row, {:.2} disk kB/row, \
+         {} checkpoints, waits {}",
+        p.size,
+        p.variant,
+        p.window,
+        p.rate(),
+        p.p50_ms,
+        p.p99_ms,
+        p.wal_per_row,
+        p.server_cores,
+        p.reads_per_row,
+        p.disk_kb_per_row,
+        p.checkpoints,
+        waits(&p.waits, 3)
+    );
 }
 
 /// The `top` most frequent wait events, as `event share%`.
@@ -710,7 +736,7 @@ fn report(o: &Options, version: &str, points: &[Point]) -> anyhow::Result<()> {
     let rate_of = |variant: &str, size: u64| {
         points
             .iter()
-            .find(|p| p.variant == variant && p.size == size)
+            .find(|p| p.variant == variant && p.size == size && p.window == 0)
             .map_or(f64::NAN, Point::rate)
     };
     let mut md = format!(
@@ -740,7 +766,7 @@ fn report(o: &Options, version: &str, points: &[Point]) -> anyhow::Result<()> {
         for v in &o.variants {
             let Some(p) = points
                 .iter()
-                .find(|p| p.variant == v.name && p.size == size)
+                .find(|p| p.variant == v.name && p.size == size && p.window == 0)
             else {
                 continue;
             };
@@ -784,6 +810,9 @@ fn report(o: &Options, version: &str, points: &[Point]) -> anyhow::Result<()> {
             );
         }
     }
+    if o.windows > 1 {
+        windows_table(&mut md, &mut csv, o, points);
+    }
     md.push_str("\n| keys | table GiB | index GiB | grow s |\n|---|---|---|---|\n");
     for &size in &o.sizes {
         if let Some(p) = points.iter().find(|p| p.size == size) {
@@ -804,6 +833,68 @@ fn report(o: &Options, version: &str, points: &[Point]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each window written in a row after a variant's checkpoint: its own WAL per
+/// row and the average since the checkpoint, which (until PostgreSQL takes a
+/// checkpoint of its own) is the steady state for a checkpoint interval of that
+/// many rows. Appends to `md`, and to `csv` as
+/// `window,...` rows.
+fn windows_table(md: &mut String, csv: &mut String, o: &Options, points: &[Point]) {
+    md.push_str(
+        "\n| keys | variant | rows since our CHECKPOINT | rows/s | batch p99 ms | WAL B/row | \
+         WAL B/row since then | WAL GiB since then | checkpoints in window | HOT | \
+         PG cores |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    csv.push_str(
+        "\nwindow,variant,keys,rows_since_our_checkpoint,rows_per_s,p99_ms,wal_bytes_per_row,\
+         wal_bytes_per_row_since_then,checkpoints,hot_share,pg_cores\n",
+    );
+    for &size in &o.sizes {
+        for v in &o.variants {
+            let (mut rows, mut wal) = (0usize, 0.0);
+            for p in points
+                .iter()
+                .filter(|p| p.variant == v.name && p.size == size)
+            {
+                let since = rows;
+                rows += p.rows;
+                wal += p.wal_per_row * p.rows as f64;
+                let average = wal / rows as f64;
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {}-{} | {:.0} | {:.1} | {:.0} | {:.0} | {:.2} | {} | {:.0}% | {:.2} |",
+                    p.size,
+                    p.variant,
+                    since,
+                    rows,
+                    p.rate(),
+                    p.p99_ms,
+                    p.wal_per_row,
+                    average,
+                    wal / (1u64 << 30) as f64,
+                    p.checkpoints,
+                    p.hot_share * 100.0,
+                    p.server_cores
+                );
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{},{:.0},{:.2},{:.1},{:.1},{},{:.4},{:.3}",
+                    p.window,
+                    p.variant,
+                    p.size,
+                    since,
+                    p.rate(),
+                    p.p99_ms,
+                    p.wal_per_row,
+                    average,
+                    p.checkpoints,
+                    p.hot_share,
+                    p.server_cores
+                );
+            }
+        }
+    }
+}
+
 /// What a panel of the plot draws for a point.
 type Metric = fn(&Point) -> f64;
 
@@ -815,6 +906,7 @@ fn plot(path: &std::path::Path, o: &Options, points: &[Point]) -> anyhow::Result
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    let points: Vec<&Point> = points.iter().filter(|p| p.window == 0).collect();
     let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);
@@ -827,7 +919,7 @@ fn plot(path: &std::path::Path, o: &Options, points: &[Point]) -> anyhow::Result
         ("WAL bytes per row", |p| p.wal_per_row),
     ];
     for (n, (area, (y_desc, value))) in [&left, &right].into_iter().zip(panels).enumerate() {
-        let top = points.iter().map(value).fold(0.0, f64::max) * 1.15;
+        let top = points.iter().map(|p| value(p)).fold(0.0, f64::max) * 1.15;
         let mut chart = ChartBuilder::on(area)
             .caption(y_desc, ("sans-serif", 18))
             .margin(15)
