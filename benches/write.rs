@@ -816,7 +816,8 @@ fn render(
                 runs.iter().map(|m| m.server_cpu / m.secs).sum::<f64>() / runs.len().max(1) as f64;
             match r.len() {
                 0 => (f64::NAN, f64::NAN, f64::NAN, server),
-                n => (r[n / 2], r[0], r[n - 1], server),
+                // Of an even count, the mean of the middle two.
+                n => ((r[(n - 1) / 2] + r[n / 2]) / 2.0, r[0], r[n - 1], server),
             }
         };
         let ceil = stats(Strategy::RawCopy, "baseline").0;
