@@ -731,14 +731,22 @@ fn waits(w: &[(String, f64)], top: usize) -> String {
         .join(", ")
 }
 
+/// Each variant's first window after its checkpoint: what the first table and
+/// the plot compare across sizes and variants.
+fn first_windows(points: &[Point]) -> Vec<&Point> {
+    points.iter().filter(|p| p.window == 0).collect()
+}
+
 fn report(o: &Options, version: &str, points: &[Point]) -> anyhow::Result<()> {
     let gib = |b: i64| b as f64 / (1u64 << 30) as f64;
-    let rate_of = |variant: &str, size: u64| {
-        points
+    let firsts = first_windows(points);
+    let first = |variant: &str, size: u64| {
+        firsts
             .iter()
-            .find(|p| p.variant == variant && p.size == size && p.window == 0)
-            .map_or(f64::NAN, Point::rate)
+            .copied()
+            .find(|p| p.variant == variant && p.size == size)
     };
+    let rate_of = |variant: &str, size: u64| first(variant, size).map_or(f64::NAN, Point::rate);
     let mut md = format!(
         "PostgreSQL {version}; {} rows per window ({:.0}% new keys, {:.0}% out of order); \
          variants:\n\n",
@@ -764,10 +772,7 @@ fn report(o: &Options, version: &str, points: &[Point]) -> anyhow::Result<()> {
     );
     for &size in &o.sizes {
         for v in &o.variants {
-            let Some(p) = points
-                .iter()
-                .find(|p| p.variant == v.name && p.size == size && p.window == 0)
-            else {
+            let Some(p) = first(&v.name, size) else {
                 continue;
             };
             let _ = writeln!(
@@ -906,7 +911,7 @@ fn plot(path: &std::path::Path, o: &Options, points: &[Point]) -> anyhow::Result
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let points: Vec<&Point> = points.iter().filter(|p| p.window == 0).collect();
+    let points = first_windows(points);
     let root = BitMapBackend::new(path, (1200, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);
