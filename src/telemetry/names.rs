@@ -166,9 +166,9 @@ pub const ERRORS: &[(&str, &str)] = &[
 
 /// `result` label values of `miniscan_cache_lookups_total`.
 pub mod cache {
-    /// The cache knew the key.
+    /// The cache knew an order committed for the key.
     pub const HIT: &str = "hit";
-    /// It did not.
+    /// It did not (a key only reserved by an earlier miss counts here).
     pub const MISS: &str = "miss";
 }
 
