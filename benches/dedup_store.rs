@@ -27,11 +27,6 @@
 //! CPU (`/proc/PID/stat`, the pid from `INFO server`) per message.
 //! `moka_entry` is what the ingester does: the lookup keeps the entry it
 //! found, and the learn stores through it (`CommittedOrders::committed_at`).
-//! `moka_miss_find` and `moka_miss_reserve` take keys the cache has never
-//! seen, with the cache full (as once the key space outgrows it): a miss that
-//! leaves the learn to look the key up again and insert, against one that
-//! reserves the key's entry at once (`CommittedOrders::find_or_reserve`, what
-//! the ingester does), in alternating turns.
 
 #[path = "dedup_store/redis_orders.rs"]
 mod redis_orders;
@@ -40,7 +35,7 @@ mod support;
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
-use mini_scan::stages::dedup::{CachedEntry, CommittedOrders};
+use mini_scan::stages::dedup::CommittedOrders;
 use mini_scan::stages::{Order, ScanKey};
 use redis_orders::RedisOrders;
 use std::hint::black_box;
@@ -52,8 +47,6 @@ use tokio::runtime::Runtime;
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 /// Keys both stores know; keys `KEYS..2 * KEYS` are never learned (misses).
 const KEYS: u32 = 100_000;
-/// The cache's capacity: the ingester's default (`MINISCAN_CACHE_CAPACITY`).
-const CAPACITY: u32 = mini_scan::config::defaults::CACHE_CAPACITY as u32;
 /// Messages per iteration: the ingester's default batch (`--batch-max-rows`).
 const BATCH: u32 = 1000;
 /// The timestamp every key starts at; lookups use it (so they are stale).
@@ -66,7 +59,7 @@ fn next_ts() -> i64 {
 }
 
 /// Batch number `n` of known keys (or of unknown ones, `miss`), at `ts`.
-fn batch(n: u64, ts: i64, miss: bool) -> Batch {
+fn batch(n: u64, ts: i64, miss: bool) -> Vec<(ScanKey, Order)> {
     let start = (n * u64::from(BATCH) % u64::from(KEYS)) as u32 + if miss { KEYS } else { 0 };
     (start..start + BATCH)
         .map(|i| (key_of(i), order_of(i, ts)))
@@ -89,8 +82,8 @@ fn connect(rt: &Runtime) -> RedisOrders {
 /// the clock; moka's learn takes the entries out).
 fn time_batches(
     iters: u64,
-    mut make: impl FnMut(u64) -> Batch,
-    mut run: impl FnMut(&mut Batch),
+    mut make: impl FnMut(u64) -> Vec<(ScanKey, Order)>,
+    mut run: impl FnMut(&mut Vec<(ScanKey, Order)>),
 ) -> Duration {
     let mut total = Duration::ZERO;
     for i in 0..iters {
@@ -241,7 +234,7 @@ async fn check_semantics(store: &mut RedisOrders) -> redis::RedisResult<()> {
         .map(|i| o(i * 7 % 5 - 2, i * 3 % 4 - 1, ids[(i * 11 % 7) as usize]))
         .collect();
     let key2 = key_of(2 * KEYS + 2);
-    let batch: Batch = orders.iter().map(|o| (key2.clone(), o.clone())).collect();
+    let batch: Vec<(ScanKey, Order)> = orders.iter().map(|o| (key2.clone(), o.clone())).collect();
     store.committed_all(&batch).await?;
     let max = orders.iter().max().expect("orders");
     assert_eq!(store.is_stale(&key2, max).await?, Some(true));
@@ -277,49 +270,17 @@ struct Cost {
     server: Duration,
 }
 
-impl Cost {
-    /// The costs of `turns` of one mode, added up.
-    fn sum(turns: &[Cost]) -> Cost {
-        let add = |f: fn(&Cost) -> Duration| turns.iter().map(f).sum();
-        Cost {
-            mode: turns[0].mode,
-            messages: turns.iter().map(|c| c.messages).sum(),
-            wall: add(|c| c.wall),
-            client: add(|c| c.client),
-            server: add(|c| c.server),
-        }
-    }
-}
-
-/// A batch of messages: each one's key and order.
-type Batch = Vec<(ScanKey, Order)>;
-
-/// Batch `n` of keys no lookup or learn has seen yet, at `ts`: each call's
-/// `run` (a distinct small number) has keys of its own.
-fn unseen(run: u32, n: u64, ts: i64) -> Batch {
-    let start = (2 + run) * 10 * KEYS + n as u32 * BATCH;
-    (start..start + BATCH)
-        .map(|i| (key_of(i), order_of(i, ts)))
-        .collect()
-}
-
-/// A pair of lookups and learns over known keys: batch `n` at the base
-/// timestamp, then newer.
-fn known(n: u64) -> (Batch, Batch) {
-    (batch(n, BASE_TS, false), batch(n, next_ts(), false))
-}
-
-/// Runs `run(lookups, learns)` on `batches` pairs of batches (`make(n)`)
-/// built up front (and dropped after the clock; moka's learn takes the
-/// entries out).
+/// Runs `run(lookups, learns)` on `batches` pairs of batches built up front
+/// (and dropped after the clock; moka's learn takes the entries out).
 fn account(
     mode: &'static str,
     batches: u64,
     server_pid: u32,
-    make: impl FnMut(u64) -> (Batch, Batch),
-    mut run: impl FnMut(&[(ScanKey, Order)], &mut Batch),
+    mut run: impl FnMut(&[(ScanKey, Order)], &mut Vec<(ScanKey, Order)>),
 ) -> Cost {
-    let mut work: Vec<_> = (0..batches).map(make).collect();
+    let mut work: Vec<_> = (0..batches)
+        .map(|n| (batch(n, BASE_TS, false), batch(n, next_ts(), false)))
+        .collect();
     let server_cpu = || pid_cpu(server_pid).expect("the Redis server's /proc/PID/stat");
     let (wall, client, server) = (Instant::now(), thread_cpu(), server_cpu());
     for (lookups, learns) in &mut work {
@@ -337,7 +298,7 @@ fn account(
 }
 
 fn costs(rt: &Runtime, store: &mut RedisOrders, orders: &CommittedOrders, pid: u32) -> Vec<Cost> {
-    let moka = account("moka", 100, pid, known, |lookups, learns| {
+    let moka = account("moka", 100, pid, |lookups, learns| {
         for (k, o) in lookups {
             black_box(orders.is_stale(k, o));
         }
@@ -345,14 +306,22 @@ fn costs(rt: &Runtime, store: &mut RedisOrders, orders: &CommittedOrders, pid: u
             orders.committed(k, o);
         }
     });
-    // The ingester's way: the lookup keeps the entry it found (or reserved),
-    // and the learn stores through it (`CommittedOrders::committed_at`)
-    // without a second get.
-    let moka_entry = account("moka_entry", 100, pid, known, |lookups, learns| {
-        entry_way(orders, lookups, learns, CommittedOrders::find_or_reserve)
+    // The ingester's way: the lookup keeps the entry it found, and the learn
+    // stores through it (`CommittedOrders::committed_at`) without a second get.
+    let moka_entry = account("moka_entry", 100, pid, |lookups, learns| {
+        let entries: Vec<_> = lookups
+            .iter()
+            .map(|(k, o)| {
+                let entry = orders.find(k);
+                black_box(entry.as_ref().map(|e| e.is_stale(o)));
+                entry
+            })
+            .collect();
+        for ((k, o), entry) in learns.drain(..).zip(entries) {
+            orders.committed_at(entry, k, o);
+        }
     });
-    let [miss_find, miss_reserve] = misses(orders, pid);
-    let round_trip = account("redis_rt", 20, pid, known, |lookups, learns| {
+    let round_trip = account("redis_rt", 20, pid, |lookups, learns| {
         rt.block_on(async {
             for ((k, o), (lk, lo)) in lookups.iter().zip(learns.iter()) {
                 black_box(store.is_stale(k, o).await.expect("Redis GET"));
@@ -360,81 +329,13 @@ fn costs(rt: &Runtime, store: &mut RedisOrders, orders: &CommittedOrders, pid: u
             }
         })
     });
-    let pipelined = account("redis_pipe", 100, pid, known, |lookups, learns| {
+    let pipelined = account("redis_pipe", 100, pid, |lookups, learns| {
         rt.block_on(async {
             black_box(store.are_stale(lookups).await.expect("Redis MGET"));
             store.committed_all(learns).await.expect("Redis pipeline");
         })
     });
-    vec![
-        moka,
-        moka_entry,
-        miss_find,
-        miss_reserve,
-        round_trip,
-        pipelined,
-    ]
-}
-
-/// How a lookup gets a key's entry.
-type Lookup = fn(&CommittedOrders, &ScanKey) -> Option<CachedEntry>;
-
-/// The ingester's way: each lookup (`lookup`) keeps the entry it finds, and
-/// the learn stores through it (`CommittedOrders::committed_at`); where it
-/// has none, the learn looks the key up again and inserts.
-fn entry_way(
-    orders: &CommittedOrders,
-    lookups: &[(ScanKey, Order)],
-    learns: &mut Batch,
-    lookup: Lookup,
-) {
-    let entries: Vec<_> = lookups
-        .iter()
-        .map(|(k, o)| {
-            let entry = lookup(orders, k);
-            black_box(entry.as_ref().and_then(|e| e.is_stale(o)));
-            entry
-        })
-        .collect();
-    for ((k, o), entry) in learns.drain(..).zip(entries) {
-        orders.committed_at(entry, k, o);
-    }
-}
-
-/// Keys the cache has never seen, with the cache full (as it is once the key
-/// space outgrows it): a miss that leaves the learn to look the key up again
-/// and insert (`find`, what the ingester did before) against one that
-/// reserves the entry at once (`find_or_reserve`, what it does now), in turns
-/// of 10 batches so that neither gets a fuller or emptier cache.
-fn misses(orders: &CommittedOrders, pid: u32) -> [Cost; 2] {
-    let unseen_pair = |run| move |n| (unseen(run, n, BASE_TS), unseen(run, n, next_ts()));
-    // Fill the cache to its capacity with keys no mode looks up.
-    for n in 0..u64::from(CAPACITY / BATCH) {
-        for (k, o) in unseen(0, n, BASE_TS) {
-            orders.committed(k, o);
-        }
-    }
-    let ways: [(&'static str, Lookup); 2] = [
-        ("moka_miss_find", CommittedOrders::find),
-        ("moka_miss_reserve", CommittedOrders::find_or_reserve),
-    ];
-    let mut turns: [Vec<Cost>; 2] = Default::default();
-    for turn in 0..10u32 {
-        // A B, then B A: neither always runs on the cache the other left.
-        for w in [0, 1].map(|w| (w + turn as usize) % 2) {
-            let (mode, lookup) = ways[w];
-            let run = w as u32 + 1;
-            let first = u64::from(turn) * 10;
-            turns[w].push(account(
-                mode,
-                10,
-                pid,
-                |n| unseen_pair(run)(first + n),
-                |l, r| entry_way(orders, l, r, lookup),
-            ));
-        }
-    }
-    turns.map(|t| Cost::sum(&t))
+    vec![moka, moka_entry, round_trip, pipelined]
 }
 
 /// Prints [`costs`], after the server's CPU when idle for comparison.
@@ -483,7 +384,7 @@ fn dedup_store(c: &mut Criterion) {
     let mut store = connect(&rt);
     rt.block_on(check_semantics(&mut store))
         .expect("Redis semantics check");
-    let orders = CommittedOrders::new(CAPACITY.into());
+    let orders = CommittedOrders::new(200_000);
     preload(&rt, &mut store, &orders);
     let mut g = c.benchmark_group("dedup_store");
     g.throughput(Throughput::Elements(BATCH.into()));

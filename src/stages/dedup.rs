@@ -9,9 +9,6 @@
 //! only after the transaction that stored it (or a newer one) has committed,
 //! so it is always a lower bound of the table. An evicted or missing entry
 //! only costs a database round trip: correctness never depends on the cache.
-//! A lookup that misses reserves the key's entry, empty (nothing known), and
-//! hands it to the write stage, which learns the committed order through it:
-//! one cache operation fewer per miss than looking the key up again to learn.
 //!
 //! Metrics: `miniscan_messages_total{stage="dedup",outcome="pass"|"stale"}`,
 //! `miniscan_cache_lookups_total{result="hit"|"miss"}`, and
@@ -35,22 +32,19 @@ pub struct CommittedOrders {
     /// and queues the change for the cache's housekeeping, which made it the
     /// dearest step per message (see [`CommittedOrders::committed`]).
     cache: Cache<ScanKey, Slot, ahash::RandomState>,
-    /// Capacity 0: nothing is cached, so nothing is reserved either.
-    disabled: bool,
 }
 
-/// A key's entry: the newest order committed for it, overwritten in place;
-/// `None` while the key is reserved (a lookup missed) and nothing is learned.
-type Slot = Arc<Mutex<Option<Order>>>;
+/// A key's entry: the newest order committed for it, overwritten in place.
+type Slot = Arc<Mutex<Order>>;
 
-/// A key's cache entry, as the dedup stage's lookup found or reserved it.
+/// A key's cache entry, as the dedup stage's lookup found it.
 ///
-/// A scan that passes dedup carries the entry of its key to the write stage,
-/// which teaches it the committed order through it instead of looking the key
-/// up a second time: every committed winner saves a moka `get` (about a
-/// microsecond of CPU). Should the cache have evicted the entry meanwhile,
-/// the write lands in a slot no one reads, and the cache merely forgets the
-/// key, which it may always do.
+/// A scan that passes dedup carries the entry its lookup found (if any) to
+/// the write stage, which teaches it the committed order through it instead
+/// of looking the key up a second time: every committed winner of a cached
+/// key saves a moka `get` (about a microsecond of CPU). Should the cache have
+/// evicted the entry meanwhile, the write lands in a slot no one reads, and
+/// the cache merely forgets the key, which it may always do.
 #[derive(Clone)]
 pub struct CachedEntry(Slot);
 
@@ -61,16 +55,15 @@ impl std::fmt::Debug for CachedEntry {
 }
 
 impl CachedEntry {
-    /// Whether `order` is provably not newer than what the entry holds;
-    /// `None` if it holds nothing yet (the key is only reserved).
-    pub fn is_stale(&self, order: &Order) -> Option<bool> {
-        read(&self.0).as_ref().map(|known| order <= known)
+    /// Whether `order` is provably not newer than what the entry holds.
+    pub fn is_stale(&self, order: &Order) -> bool {
+        *order <= *read(&self.0)
     }
 }
 
 /// The order in `slot`. A panic cannot leave an `Order` half written (it is
 /// only ever assigned whole), so a poisoned lock still holds a valid one.
-fn read(slot: &Slot) -> MutexGuard<'_, Option<Order>> {
+fn read(slot: &Slot) -> MutexGuard<'_, Order> {
     slot.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -89,37 +82,17 @@ impl CommittedOrders {
             cache: Cache::builder()
                 .max_capacity(capacity)
                 .build_with_hasher(ahash::RandomState::new()),
-            disabled: capacity == 0,
         }
     }
 
-    /// Whether `order` is provably not newer than what is committed for `key`;
-    /// `None` if nothing is known of `key`.
+    /// Whether `order` is provably not newer than what is committed for `key`.
     pub fn is_stale(&self, key: &ScanKey, order: &Order) -> Option<bool> {
-        self.find(key).and_then(|entry| entry.is_stale(order))
+        self.find(key).map(|entry| entry.is_stale(order))
     }
 
-    /// `key`'s entry, if the cache holds one (it may hold nothing yet).
+    /// `key`'s entry, if the cache holds one.
     pub fn find(&self, key: &ScanKey) -> Option<CachedEntry> {
         self.cache.get(key).map(CachedEntry)
-    }
-
-    /// `key`'s entry; if the cache holds none, a new empty one, inserted for
-    /// the write stage to learn through ([`Self::committed_at`]). `None` only
-    /// if the cache is disabled (capacity 0).
-    ///
-    /// Inserting over an entry a learner has just inserted replaces what it
-    /// learned with nothing known, which is still a lower bound of the table.
-    pub fn find_or_reserve(&self, key: &ScanKey) -> Option<CachedEntry> {
-        if let Some(entry) = self.find(key) {
-            return Some(entry);
-        }
-        if self.disabled {
-            return None;
-        }
-        let slot = Slot::default();
-        self.cache.insert(key.clone(), Arc::clone(&slot));
-        Some(CachedEntry(slot))
     }
 
     /// Records that `order` (or something newer) is committed for `key`. Call
@@ -132,8 +105,8 @@ impl CommittedOrders {
     /// less effective for a moment. Comparing first cost more than it saved
     /// (measured in `benches/write.rs`).
     ///
-    /// A key already cached (or reserved) has its slot overwritten in place;
-    /// only a new key is inserted. Two learners that both find the key missing both insert,
+    /// A key already cached has its slot overwritten in place; only a new key
+    /// is inserted. Two learners that both find the key missing both insert,
     /// and the last one stays, which is again a lower bound. Updating in
     /// place cut the CPU of a lookup and a learn from 2.66 to 1.64 us per
     /// message (`benches/dedup_store.rs`, docs/BENCHMARKS.md section 10).
@@ -141,15 +114,15 @@ impl CommittedOrders {
         self.committed_at(None, key, order);
     }
 
-    /// [`Self::committed`] for a key whose entry a lookup found or reserved
-    /// already (`entry`, from [`Self::find_or_reserve`]): the order is stored
-    /// through it, without a second lookup. With `None` (there was no lookup)
+    /// [`Self::committed`] for a key whose entry a lookup found already
+    /// (`entry`, from [`Self::find`]): the order is stored through it, without
+    /// a second lookup. With `None` (the lookup missed, or there was none)
     /// the key is looked up first: it may be cached by now, and inserting
     /// over a cached key costs far more than a lookup.
     pub fn committed_at(&self, entry: Option<CachedEntry>, key: ScanKey, order: Order) {
         match entry.or_else(|| self.find(&key)) {
-            Some(CachedEntry(slot)) => *read(&slot) = Some(order),
-            None => self.cache.insert(key, Arc::new(Mutex::new(Some(order)))),
+            Some(CachedEntry(slot)) => *read(&slot) = order,
+            None => self.cache.insert(key, Arc::new(Mutex::new(order))),
         }
     }
 
@@ -212,16 +185,16 @@ impl Transform for Dedup {
         let Record::Scan(mut scan) = record else {
             return (record, DedupOutcome::Pass);
         };
-        let entry = self.orders.find_or_reserve(&scan.key);
-        match entry.as_ref().and_then(|e| e.is_stale(&scan.order)) {
-            Some(true) => {
+        match self.orders.find(&scan.key) {
+            Some(entry) => {
                 self.hits += 1;
-                return (Record::Stale, DedupOutcome::Stale);
+                if entry.is_stale(&scan.order) {
+                    return (Record::Stale, DedupOutcome::Stale);
+                }
+                scan.cached = Some(entry);
             }
-            Some(false) => self.hits += 1,
             None => self.misses += 1,
         }
-        scan.cached = entry;
         (Record::Scan(scan), DedupOutcome::Pass)
     }
 
@@ -239,11 +212,6 @@ mod tests {
     /// A scan of one fixed key at `ts`.
     fn scan(ts: i64, id: &str) -> Record {
         Record::Scan(crate::stages::fixtures::scan(0, ts, id))
-    }
-
-    /// The order of [`scan`]`(ts, id)`.
-    fn order(ts: i64, id: &str) -> Order {
-        crate::stages::fixtures::scan(0, ts, id).order
     }
 
     #[test]
@@ -284,26 +252,7 @@ mod tests {
         };
         orders.committed(s.key, s.order);
         orders.publish_metrics();
-        let (Record::Scan(s), Pass) = dedup.apply(scan(10, "a")) else {
-            panic!("a disabled cache passes everything")
-        };
-        assert!(s.cached.is_none(), "and reserves nothing");
-    }
-
-    #[test]
-    fn a_miss_counts_as_a_miss_until_an_order_is_learned() {
-        let orders = CommittedOrders::new(100);
-        let mut dedup = Dedup::new(orders.clone());
-        for _ in 0..2 {
-            assert_eq!(dedup.apply(scan(10, "a")).1, Pass);
-        }
-        assert_eq!((dedup.hits, dedup.misses), (0, 2), "reserved is not known");
-        orders.cache.run_pending_tasks();
-        assert_eq!(orders.cache.entry_count(), 1, "one reservation per key");
-        let learned = crate::stages::fixtures::scan(0, 10, "a");
-        orders.committed(learned.key, learned.order);
-        assert_eq!(dedup.apply(scan(10, "a")).1, Stale);
-        assert_eq!((dedup.hits, dedup.misses), (1, 2));
+        assert_eq!(dedup.apply(scan(10, "a")).1, Pass);
     }
 
     #[test]
@@ -331,21 +280,8 @@ mod tests {
         let (Record::Scan(first), Pass) = dedup.apply(scan(10, "a")) else {
             panic!("a first scan passes")
         };
-        let reserved = first.cached.clone().expect("a miss reserves the entry");
-        assert_eq!(reserved.is_stale(&first.order), None, "nothing known yet");
-        let (Record::Scan(again), Pass) = dedup.apply(scan(10, "a")) else {
-            panic!("a reserved key knows nothing: a repeat passes")
-        };
-        assert!(
-            again.cached.is_some(),
-            "the repeat finds the reserved entry"
-        );
+        assert!(first.cached.is_none(), "a miss carries no entry");
         orders.committed_at(first.cached, first.key, first.order);
-        assert_eq!(
-            again.cached.expect("reserved").is_stale(&order(10, "a")),
-            Some(true),
-            "learned through the entry the miss reserved"
-        );
 
         let (Record::Scan(newer), Pass) = dedup.apply(scan(11, "b")) else {
             panic!("a newer scan passes")

@@ -166,9 +166,9 @@ pub const ERRORS: &[(&str, &str)] = &[
 
 /// `result` label values of `miniscan_cache_lookups_total`.
 pub mod cache {
-    /// The cache knew an order committed for the key.
+    /// The cache knew the key.
     pub const HIT: &str = "hit";
-    /// It did not (a key only reserved by an earlier miss counts here).
+    /// It did not.
     pub const MISS: &str = "miss";
 }
 
