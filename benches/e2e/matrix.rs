@@ -19,10 +19,12 @@
 //! what they must), × the best null consumer of the same round, the
 //! consumer's CPU seconds per 1k messages (`/proc/PID/stat` of the child
 //! just before it is stopped, so start-up is included; the null consumer's is
-//! this process's CPU clock), its peak RSS, and PostgreSQL's and the
-//! emulator's cores. With `--feed-rate R`, the messages are published while
-//! the item runs, by `mini-scan scan --rate R`, instead of up front (only
-//! binaries then), and the table also gives the freshness lag from the
+//! this process's CPU clock), its peak RSS, the share of messages its dedup
+//! stage called stale (from its metrics: what the cache spared the write
+//! stage), and PostgreSQL's and the emulator's cores. With `--feed-rate R`,
+//! the messages are published while the item runs, by `mini-scan scan --rate
+//! R`, instead of up front (only binaries then), and the table also gives the
+//! freshness lag from the
 //! ingester's own histogram (`miniscan_freshness_lag_seconds{reference=
 //! "publish"}`) and how long after the publisher the ingester finished.
 //! Writes `target/bench/e2e-matrix.md`.
@@ -95,6 +97,9 @@ struct Row {
     peak_rss_mb: f64,
     pg_cores: f64,
     emulator_cores: f64,
+    /// The share of messages the dedup stage called stale (`mini-scan
+    /// ingest` only): how much the cache spared the write stage.
+    stale: Option<f64>,
     /// Live runs only.
     live: Option<Live>,
 }
@@ -219,6 +224,7 @@ async fn null_phase(
         peak_rss_mb: 0.0,
         pg_cores: (server_cpu(pg) - pg0).as_secs_f64() / secs,
         emulator_cores: (support::tree_cpu(em.pid()) - em0).as_secs_f64() / secs,
+        stale: None,
         live: None,
     })
 }
@@ -325,8 +331,18 @@ async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Re
         peak_rss_mb: peak_kb as f64 / 1024.0,
         pg_cores: (pg1 - pg0).as_secs_f64() / secs,
         emulator_cores: (em1 - em0).as_secs_f64() / secs,
+        stale: Some(stale(&page) / n.max(1) as f64),
         live,
     })
+}
+
+/// How many messages the dedup stage called stale, by the ingester's metrics
+/// `page` (labels in the order `telemetry::names::messages` gives them).
+fn stale(page: &str) -> f64 {
+    super::metric(
+        page,
+        r#"miniscan_messages_total{stage="dedup",outcome="stale"}"#,
+    )
 }
 
 /// `mini-scan ingest` for phase `p`, its metrics on a free local port. Only

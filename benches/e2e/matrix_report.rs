@@ -75,8 +75,8 @@ pub(super) fn report(o: &Options, items: &[Item], rounds: u32, rows: &[Row]) -> 
     };
     let _ = writeln!(
         s,
-        "| round | consumer | msg/s | × best null | CPU s / 1k msg | peak RSS MB | PostgreSQL cores | emulator cores | lag p50 s | lag p99 s | done after publisher s | not acked then |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| round | consumer | msg/s | × best null | CPU s / 1k msg | peak RSS MB | PostgreSQL cores | emulator cores | stale (cache) | lag p50 s | lag p99 s | done after publisher s | not acked then |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let (p50, p99, after, behind) = r.live.map_or(Default::default(), |l| {
@@ -87,9 +87,12 @@ pub(super) fn report(o: &Options, items: &[Item], rounds: u32, rows: &[Row]) -> 
                 l.behind.to_string(),
             )
         });
+        let stale = r
+            .stale
+            .map_or(String::new(), |f| format!("{:.1}%", f * 100.0));
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.2} | {:.4} | {:.1} | {:.2} | {:.2} | {p50} | {p99} | {after} | {behind} |",
+            "| {} | {} | {:.0} | {:.2} | {:.4} | {:.1} | {:.2} | {:.2} | {stale} | {p50} | {p99} | {after} | {behind} |",
             r.round,
             r.label,
             r.rate,
