@@ -24,9 +24,9 @@
 //! stage), and PostgreSQL's and the emulator's cores. With `--feed-rate R`,
 //! the messages are published while the item runs, by `mini-scan scan --rate
 //! R`, instead of up front (only binaries then), and the table also gives the
-//! freshness lag from the
-//! ingester's own histogram (`miniscan_freshness_lag_seconds{reference=
-//! "publish"}`) and how long after the publisher the ingester finished.
+//! freshness lag from the ingester's own histogram
+//! (`miniscan_freshness_lag_seconds{reference="publish"}`) and how long after
+//! the publisher the ingester finished.
 //! Writes `target/bench/e2e-matrix.md`.
 
 #[path = "matrix_report.rs"]
