@@ -24,7 +24,8 @@
 //! (replica scaling instead: N `mini-scan ingest` processes per count, see
 //! `e2e/replicas.rs`), `--matrix SPEC --rounds N` (consumers interleaved in
 //! one run, e.g. two builds A/B or stream counts, see `e2e/matrix.rs`; with
-//! `--feed-rate`, live). The emulator slows
+//! `--feed-rate`, live; with `--replay`, each consumer measured on a second
+//! delivery of a backlog it has already stored). The emulator slows
 //! to ~1k msg/s under a 1M-message backlog, so the memory run feeds:
 //! `-- --messages 1000000 --keys 1000000 --feed-rate 8000`.
 
@@ -46,7 +47,6 @@ use mini_scan::scan::{GenConfig, Generator};
 use mini_scan::stages::source::{PubsubSource, SourceConfig};
 use mini_scan::telemetry::Health;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use support::{Emulator, Postgres};
@@ -75,6 +75,8 @@ struct Options {
     replicas: Option<Vec<u32>>,
     matrix: Option<Vec<matrix::Item>>,
     rounds: u32,
+    /// `--matrix` only: measure a replay of the stored backlog.
+    replay: bool,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -91,6 +93,7 @@ fn options() -> anyhow::Result<Options> {
         replicas: None,
         matrix: None,
         rounds: 3,
+        replay: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -115,6 +118,7 @@ fn options() -> anyhow::Result<Options> {
             }
             "--matrix" => o.matrix = Some(matrix::parse(&value()?)?),
             "--rounds" => o.rounds = value()?.parse()?,
+            "--replay" => o.replay = true,
             _ => {} // `cargo bench` passes `--bench`
         }
     }
@@ -248,19 +252,21 @@ impl Phase {
 /// Pulls and acks on receipt through the ingester's own source, until `n`
 /// messages of subscription `sub` are acked.
 async fn null_consumer(cfg: &PubsubConfig, sub: &str, o: &Options, n: u64) -> anyhow::Result<()> {
-    null_or_holding_consumer(cfg, sub, o, n, None).await
+    null_or_holding_consumer(cfg, sub, o, n, None, &AtomicU64::new(0)).await
 }
 
 /// The null consumer, or with `hold` = `(rows, wait)` one that holds every
 /// message until a batch of `rows` (or `wait`'s worth) is complete and then
 /// acks the batch, as the ingester does after its commit, with no decode,
 /// dedup or write in between: what holding messages costs the Pub/Sub client.
+/// Counts what it acks in `acked`, until `n`.
 async fn null_or_holding_consumer(
     cfg: &PubsubConfig,
     sub: &str,
     o: &Options,
     n: u64,
     hold: Option<(usize, Duration)>,
+    acked: &AtomicU64,
 ) -> anyhow::Result<()> {
     let client = cfg.subscriber(o.streams as usize).await?;
     let admin = cfg.subscription_admin().await?;
@@ -278,7 +284,6 @@ async fn null_or_holding_consumer(
         Health::new(),
     );
     let shutdown = Shutdown::new();
-    let acked = Arc::new(AtomicU64::new(0));
     let stream = source.stream(shutdown.clone());
     let drained = async {
         match hold {

@@ -27,6 +27,14 @@
 //! freshness lag from the ingester's own histogram
 //! (`miniscan_freshness_lag_seconds{reference="publish"}`) and how long after
 //! the publisher the ingester finished.
+//!
+//! With `--replay` (backlogs only), each item drains its backlog once,
+//! unmeasured, and is then measured on a second delivery of the same
+//! messages (same ids and orders: its subscription seeked back to a snapshot
+//! taken before it started), as after a redelivery storm or an operator's
+//! replay. Every replayed message is one the table already holds, so this is
+//! where the dedup cache spares the most: its stale column is the share of
+//! the replay, and the CPU, msg/s and cores are the replay's alone.
 //! Writes `target/bench/e2e-matrix.md`.
 
 #[path = "matrix_report.rs"]
@@ -36,10 +44,12 @@ use super::replicas::{acked, ingest_command, scrape_all, spawn_logged, stop};
 use super::{Options, PROJECT, counts, feeder, null_or_holding_consumer, publish};
 use crate::support::{self, Emulator, Postgres};
 use anyhow::{Context as _, bail};
+use google_cloud_pubsub::client::SubscriptionAdmin;
 use mini_scan::pubsub::PubsubConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// One consumer to measure.
@@ -102,6 +112,9 @@ struct Row {
     stale: Option<f64>,
     /// Live runs only.
     live: Option<Live>,
+    /// `--replay` only: the first delivery's CPU s per 1k messages (from
+    /// spawn, as without `--replay`) and its stale share.
+    first: Option<(f64, Option<f64>)>,
 }
 
 /// A live run's freshness lag and whether the ingester kept up.
@@ -125,6 +138,9 @@ pub(crate) async fn run(o: &Options, items: &[Item], rounds: u32) -> anyhow::Res
     {
         bail!("--feed-rate with --matrix runs binaries only, not the null consumer");
     }
+    if o.replay && o.feed_rate.is_some() {
+        bail!("--replay replays a backlog: it does not go with --feed-rate");
+    }
     let pg = Postgres::start().await?;
     let em = tokio::task::block_in_place(Emulator::start)?;
     let cfg = PubsubConfig {
@@ -144,9 +160,13 @@ pub(crate) async fn run(o: &Options, items: &[Item], rounds: u32) -> anyhow::Res
             let (topic, sub) = (format!("scans-{phase}"), format!("sub-{phase}"));
             cfg.ensure(&topic, &sub, 60).await?;
             let expected = publish(&cfg, &topic, o, o.feed_rate.is_none()).await?;
+            let replay = match o.replay {
+                true => Some(Replay::take(&admin, &cfg, &sub, phase).await?),
+                false => None,
+            };
             let mut row = match &item.consumer {
                 Consumer::Null | Consumer::Hold => {
-                    null_phase(o, &cfg, &sub, item, &pg, &em).await?
+                    null_phase(o, &cfg, &sub, item, &pg, &em, replay.as_ref()).await?
                 }
                 Consumer::Binary(bin) => {
                     let url = pg.fresh_database().await?;
@@ -159,9 +179,12 @@ pub(crate) async fn run(o: &Options, items: &[Item], rounds: u32) -> anyhow::Res
                         sub: &sub,
                         expected: &expected,
                     };
-                    ingest_phase(&phase, &pg, &em).await?
+                    ingest_phase(&phase, &pg, &em, replay.as_ref()).await?
                 }
             };
+            if let Some(r) = replay {
+                r.drop_snapshot().await;
+            }
             row.round = round + 1;
             // A live phase may leave messages unacked; the emulator slows
             // down under every backlog it holds, so drop them with their
@@ -195,7 +218,68 @@ pub(crate) async fn run(o: &Options, items: &[Item], rounds: u32) -> anyhow::Res
     Ok(())
 }
 
-/// The null (or holding) consumer on `sub`, in this process.
+/// `--replay`: a snapshot of a phase's subscription, taken after its backlog
+/// was published and before its consumer starts, to deliver the backlog again.
+struct Replay<'a> {
+    admin: &'a SubscriptionAdmin,
+    subscription: String,
+    snapshot: String,
+}
+
+/// How long a replay waits after the first delivery's last ack before it
+/// seeks, so that no ack still on its way lands on the second delivery.
+const ACKS_SETTLE: Duration = Duration::from_secs(2);
+
+/// How often a replaying ingester's `/metrics` is read for its acked count: a
+/// scrape costs it about 0.8 ms of CPU, so not every [`super::POLL`].
+const REPLAY_POLL: Duration = Duration::from_secs(1);
+
+impl<'a> Replay<'a> {
+    async fn take(
+        admin: &'a SubscriptionAdmin,
+        cfg: &PubsubConfig,
+        sub: &str,
+        phase: u32,
+    ) -> anyhow::Result<Self> {
+        let r = Self {
+            admin,
+            subscription: cfg.subscription_path(sub),
+            snapshot: format!("projects/{PROJECT}/snapshots/replay-{phase}"),
+        };
+        r.admin
+            .create_snapshot()
+            .set_name(&r.snapshot)
+            .set_subscription(&r.subscription)
+            .send()
+            .await
+            .with_context(|| format!("cannot snapshot {}", r.subscription))?;
+        Ok(r)
+    }
+
+    /// Makes every message of the backlog deliverable again (after
+    /// [`ACKS_SETTLE`] since the first delivery's last ack).
+    async fn seek(&self) -> anyhow::Result<()> {
+        self.admin
+            .seek()
+            .set_subscription(&self.subscription)
+            .set_snapshot(&self.snapshot)
+            .send()
+            .await
+            .with_context(|| format!("cannot seek {} to its snapshot", self.subscription))?;
+        Ok(())
+    }
+
+    /// The emulator keeps a snapshot's messages: dropped after its phase.
+    async fn drop_snapshot(self) {
+        let r = self.admin.delete_snapshot().set_snapshot(&self.snapshot);
+        if let Err(e) = r.send().await {
+            eprintln!("cannot delete snapshot {}: {e}", self.snapshot);
+        }
+    }
+}
+
+/// The null (or holding) consumer on `sub`, in this process; with `replay`,
+/// measured on the backlog's second delivery.
 async fn null_phase(
     o: &Options,
     cfg: &PubsubConfig,
@@ -203,15 +287,40 @@ async fn null_phase(
     item: &Item,
     pg: &Postgres,
     em: &Emulator,
+    replay: Option<&Replay<'_>>,
 ) -> anyhow::Result<Row> {
     let mut opts = o.clone();
     opts.streams = item.streams;
     opts.max_outstanding = item.outstanding.unwrap_or(o.max_outstanding);
-    let (pg0, em0) = (server_cpu(pg), support::tree_cpu(em.pid()));
-    let (cpu0, started) = (support::process_cpu(), Instant::now());
     let hold = matches!(item.consumer, Consumer::Hold)
         .then(|| (o.batch_rows as usize, Duration::from_millis(100)));
-    null_or_holding_consumer(cfg, sub, &opts, o.messages, hold).await?;
+    // With a replay, one consumer takes both deliveries (a second one would
+    // find the first one's streams still leased the messages the seek
+    // brought back); the measurement starts at the seek.
+    let acked = AtomicU64::new(0);
+    let total = o.messages * if replay.is_some() { 2 } else { 1 };
+    let first_cpu0 = support::process_cpu();
+    let consume = null_or_holding_consumer(cfg, sub, &opts, total, hold, &acked);
+    let start = async {
+        if replay.is_some() {
+            while acked.load(Ordering::Relaxed) < o.messages {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(ACKS_SETTLE).await;
+        }
+        let from = (
+            server_cpu(pg),
+            support::tree_cpu(em.pid()),
+            support::process_cpu(),
+            Instant::now(),
+        );
+        if let Some(r) = replay {
+            r.seek().await?;
+        }
+        anyhow::Ok(from)
+    };
+    let ((), (pg0, em0, cpu0, started)) = tokio::try_join!(consume, start)?;
+    let first = replay.map(|_| (per_1k(cpu0 - first_cpu0, o.messages), None));
     let (cpu, secs) = (
         support::process_cpu() - cpu0,
         started.elapsed().as_secs_f64(),
@@ -220,13 +329,19 @@ async fn null_phase(
         round: 0,
         label: item.label.clone(),
         rate: o.messages as f64 / secs,
-        cpu_per_1k: cpu.as_secs_f64() / (o.messages as f64 / 1000.0),
+        cpu_per_1k: per_1k(cpu, o.messages),
         peak_rss_mb: 0.0,
         pg_cores: (server_cpu(pg) - pg0).as_secs_f64() / secs,
         emulator_cores: (support::tree_cpu(em.pid()) - em0).as_secs_f64() / secs,
         stale: None,
         live: None,
+        first,
     })
+}
+
+/// CPU seconds per 1k messages.
+fn per_1k(cpu: Duration, messages: u64) -> f64 {
+    cpu.as_secs_f64() / (messages.max(1) as f64 / 1000.0)
 }
 
 fn server_cpu(pg: &Postgres) -> Duration {
@@ -248,10 +363,28 @@ struct Phase<'a> {
 /// catch up before it counts it as fallen behind.
 const LIVE_GRACE: Duration = Duration::from_secs(20);
 
+/// Where an ingest phase's measurement starts or ends.
+struct Mark {
+    at: Instant,
+    /// The ingester's CPU time.
+    cpu: Duration,
+    pg: Duration,
+    em: Duration,
+    acked: u64,
+    /// Messages its dedup stage called stale.
+    stale: f64,
+}
+
 /// `mini-scan ingest` from `p.bin` on `p.sub`, until it has acked every
 /// message and the tables hold what they must (live: or until [`LIVE_GRACE`]
-/// after the publisher's end).
-async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Result<Row> {
+/// after the publisher's end); with `replay`, then measured again on the
+/// backlog's second delivery, until it has acked it all.
+async fn ingest_phase(
+    p: &Phase<'_>,
+    pg: &Postgres,
+    em: &Emulator,
+    replay: Option<&Replay<'_>>,
+) -> anyhow::Result<Row> {
     let o = p.o;
     let (pg0, em0) = (server_cpu(pg), support::tree_cpu(em.pid()));
     let started = Instant::now();
@@ -265,7 +398,7 @@ async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Re
     let db = support::provision::connect(p.url).await?;
     let mut published_at = None;
     let deadline = started + super::PHASE_TIMEOUT;
-    let (page, done, n) = loop {
+    let (page, done, _) = loop {
         tokio::time::sleep(super::POLL).await;
         if let Some(status) = child.try_wait()? {
             bail!("{} exited early: {status}", p.item.label);
@@ -304,10 +437,63 @@ async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Re
             break (page, Instant::now(), n);
         }
     };
-    let secs = started.elapsed().as_secs_f64();
-    let cpu = support::pid_cpu(pid).unwrap_or_default();
+    let mark = |at, page: &str| Mark {
+        at,
+        cpu: support::pid_cpu(pid).unwrap_or_default(),
+        pg: server_cpu(pg),
+        em: support::tree_cpu(em.pid()),
+        acked: acked(page) as u64,
+        stale: stale(page),
+    };
+    let (from, to) = match replay {
+        None => {
+            let from = Mark {
+                at: started,
+                cpu: Duration::ZERO,
+                pg: pg0,
+                em: em0,
+                acked: 0,
+                stale: 0.0,
+            };
+            (from, mark(done, &page))
+        }
+        Some(r) => {
+            tokio::time::sleep(ACKS_SETTLE).await;
+            let page = scrape_all(&[addr]).await.remove(0);
+            let from = mark(Instant::now(), &page);
+            r.seek().await?;
+            let deadline = from.at + super::PHASE_TIMEOUT;
+            let to = loop {
+                tokio::time::sleep(REPLAY_POLL).await;
+                if let Some(status) = child.try_wait()? {
+                    bail!("{} exited early in the replay: {status}", p.item.label);
+                }
+                if Instant::now() > deadline {
+                    bail!("{} did not drain the replay in time", p.item.label);
+                }
+                let page = scrape_all(&[addr]).await.remove(0);
+                if acked(&page) as u64 >= from.acked + o.messages {
+                    break mark(Instant::now(), &page);
+                }
+            };
+            // A replay holds nothing newer: the tables must not change.
+            let (rows, dead) = counts(&db).await?;
+            if rows as u64 != p.expected.keys || dead as u64 != p.expected.dead {
+                bail!(
+                    "{}: the replay changed the tables ({rows} rows, {dead} dead letters)",
+                    p.item.label
+                );
+            }
+            (from, to)
+        }
+    };
+    let secs = (to.at - from.at).as_secs_f64();
+    let n = to.acked - from.acked;
+    let first = replay.map(|_| {
+        let share = from.stale / from.acked.max(1) as f64;
+        (per_1k(from.cpu, from.acked), Some(share))
+    });
     let peak_kb = support::proc_status_kb(&pid.to_string(), "VmHWM").unwrap_or(0);
-    let (pg1, em1) = (server_cpu(pg), support::tree_cpu(em.pid()));
     if let Some(perf) = perf.as_mut() {
         stop(perf).await;
     }
@@ -327,12 +513,13 @@ async fn ingest_phase(p: &Phase<'_>, pg: &Postgres, em: &Emulator) -> anyhow::Re
         round: 0,
         label: p.item.label.clone(),
         rate: n as f64 / secs,
-        cpu_per_1k: cpu.as_secs_f64() / (n.max(1) as f64 / 1000.0),
+        cpu_per_1k: per_1k(to.cpu - from.cpu, n),
         peak_rss_mb: peak_kb as f64 / 1024.0,
-        pg_cores: (pg1 - pg0).as_secs_f64() / secs,
-        emulator_cores: (em1 - em0).as_secs_f64() / secs,
-        stale: Some(stale(&page) / n.max(1) as f64),
+        pg_cores: (to.pg - from.pg).as_secs_f64() / secs,
+        emulator_cores: (to.em - from.em).as_secs_f64() / secs,
+        stale: Some((to.stale - from.stale) / n.max(1) as f64),
         live,
+        first,
     })
 }
 

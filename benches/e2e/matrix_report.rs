@@ -64,6 +64,11 @@ pub(super) fn report(o: &Options, items: &[Item], rounds: u32, rows: &[Row]) -> 
         support::machine(),
         match o.feed_rate {
             Some(r) => format!("Published while ingesting, at {r} msg/s."),
+            None if o.replay => "Backlog published before each phase and drained once; the \
+                                 figures are its second delivery (`--replay`: the subscription \
+                                 seeked back to a snapshot), every message one the table holds, \
+                                 except the last columns: the first delivery's."
+                .into(),
             None => "Backlog published before each phase.".into(),
         }
     );
@@ -73,10 +78,14 @@ pub(super) fn report(o: &Options, items: &[Item], rounds: u32, rows: &[Row]) -> 
             .map(|r| r.rate)
             .fold(f64::NAN, f64::max)
     };
+    let (first_head, first_rule) = match o.replay {
+        true => (" 1st delivery: CPU s / 1k msg | 1st: stale |", "---:|---:|"),
+        false => ("", ""),
+    };
     let _ = writeln!(
         s,
-        "| round | consumer | msg/s | × best null | CPU s / 1k msg | peak RSS MB | PostgreSQL cores | emulator cores | stale (cache) | lag p50 s | lag p99 s | done after publisher s | not acked then |\n\
-         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| round | consumer | msg/s | × best null | CPU s / 1k msg | peak RSS MB | PostgreSQL cores | emulator cores | stale (cache) | lag p50 s | lag p99 s | done after publisher s | not acked then |{first_head}\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{first_rule}"
     );
     for r in rows {
         let (p50, p99, after, behind) = r.live.map_or(Default::default(), |l| {
@@ -87,12 +96,14 @@ pub(super) fn report(o: &Options, items: &[Item], rounds: u32, rows: &[Row]) -> 
                 l.behind.to_string(),
             )
         });
-        let stale = r
-            .stale
-            .map_or(String::new(), |f| format!("{:.1}%", f * 100.0));
+        let share = |f: Option<f64>| f.map_or(String::new(), |f| format!("{:.1}%", f * 100.0));
+        let stale = share(r.stale);
+        let first = r.first.map_or(String::new(), |(cpu, stale)| {
+            format!(" {cpu:.4} | {} |", share(stale))
+        });
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.2} | {:.4} | {:.1} | {:.2} | {:.2} | {stale} | {p50} | {p99} | {after} | {behind} |",
+            "| {} | {} | {:.0} | {:.2} | {:.4} | {:.1} | {:.2} | {:.2} | {stale} | {p50} | {p99} | {after} | {behind} |{first}",
             r.round,
             r.label,
             r.rate,
@@ -103,19 +114,30 @@ pub(super) fn report(o: &Options, items: &[Item], rounds: u32, rows: &[Row]) -> 
             r.emulator_cores,
         );
     }
+    let (first_head, first_rule) = match o.replay {
+        true => (" 1st delivery: median CPU s / 1k msg |", "---:|"),
+        false => ("", ""),
+    };
     let _ = writeln!(
         s,
-        "\n| consumer | settings | median msg/s | min – max | median × best null | median CPU s / 1k msg | min – max |\n\
-         |---|---|---:|---:|---:|---:|---:|"
+        "\n| consumer | settings | median msg/s | min – max | median × best null | median CPU s / 1k msg | min – max |{first_head}\n\
+         |---|---|---:|---:|---:|---:|---:|{first_rule}"
     );
     for item in items {
         let mine: Vec<&Row> = rows.iter().filter(|r| r.label == item.label).collect();
         let rate = stats(mine.iter().map(|r| r.rate));
         let ratio = stats(mine.iter().map(|r| r.rate / best_null(r.round)));
         let cpu = stats(mine.iter().map(|r| r.cpu_per_1k));
+        let first = match o.replay {
+            true => format!(
+                " {:.4} |",
+                stats(mine.iter().filter_map(|r| r.first).map(|f| f.0)).1
+            ),
+            false => String::new(),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} streams × {} outstanding | {:.0} | {:.0} – {:.0} | {:.2} | {:.4} | {:.4} – {:.4} |",
+            "| {} | {} streams × {} outstanding | {:.0} | {:.0} – {:.0} | {:.2} | {:.4} | {:.4} – {:.4} |{first}",
             item.label,
             item.streams,
             item.outstanding.map_or("default".into(), |n| n.to_string()),
