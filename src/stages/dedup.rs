@@ -37,6 +37,16 @@ pub struct CommittedOrders {
 /// A key's entry: the newest order committed for it, overwritten in place.
 type Slot = Arc<Mutex<Order>>;
 
+/// Up to this many keys, the cache's hash table is allocated whole at start
+/// (moka's `initial_capacity`, about 20 bytes per key: 4 MB for the default
+/// 200k) instead of doubling as it fills. The doublings rehash every entry
+/// and cost the ingester 0.3-0.4 us per message while a 100k-key cache filled
+/// (two interleaved e2e runs, docs/BENCHMARKS.md section 10); a cache that is
+/// full already no longer resizes, so this pays at start-up, after every
+/// restart. A larger cache still grows from there, so a capacity set far
+/// above the key space does not allocate up front for keys it will never see.
+const PRESIZED_KEYS: u64 = 1 << 20;
+
 /// A key's cache entry, as the dedup stage's lookup found it.
 ///
 /// A scan that passes dedup carries the entry its lookup found (if any) to
@@ -81,6 +91,7 @@ impl CommittedOrders {
         Self {
             cache: Cache::builder()
                 .max_capacity(capacity)
+                .initial_capacity(capacity.min(PRESIZED_KEYS) as usize)
                 .build_with_hasher(ahash::RandomState::new()),
         }
     }
