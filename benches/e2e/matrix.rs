@@ -28,13 +28,14 @@
 //! (`miniscan_freshness_lag_seconds{reference="publish"}`) and how long after
 //! the publisher the ingester finished.
 //!
-//! With `--replay` (backlogs only), each item drains its backlog once,
-//! unmeasured, and is then measured on a second delivery of the same
-//! messages (same ids and orders: its subscription seeked back to a snapshot
-//! taken before it started), as after a redelivery storm or an operator's
-//! replay. Every replayed message is one the table already holds, so this is
-//! where the dedup cache spares the most: its stale column is the share of
-//! the replay, and the CPU, msg/s and cores are the replay's alone.
+//! With `--replay` (backlogs only), each item drains its backlog once and is
+//! then measured on a second delivery of the same messages (same ids and
+//! orders: its subscription seeked back to a snapshot taken before it
+//! started), as after a redelivery storm or an operator's replay. Every
+//! replayed message is one the table already holds, so this is where the
+//! dedup cache spares the most. The table's figures are then the replay's
+//! alone, except two last columns: the first delivery's CPU (from spawn) and
+//! stale share.
 //! Writes `target/bench/e2e-matrix.md`.
 
 #[path = "matrix_report.rs"]
@@ -295,8 +296,8 @@ async fn null_phase(
     let hold = matches!(item.consumer, Consumer::Hold)
         .then(|| (o.batch_rows as usize, Duration::from_millis(100)));
     // With a replay, one consumer takes both deliveries (a second one would
-    // find the first one's streams still leased the messages the seek
-    // brought back); the measurement starts at the seek.
+    // find the messages the seek brought back still leased to the first
+    // one's streams); the measurement starts at the seek.
     let acked = AtomicU64::new(0);
     let total = o.messages * if replay.is_some() { 2 } else { 1 };
     let first_cpu0 = support::process_cpu();
