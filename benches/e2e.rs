@@ -475,7 +475,7 @@ async fn bench(o: Options) -> anyhow::Result<()> {
         .db_pool_size
         .max(config.write_concurrency * config.write_partitions);
     let settings = settings(&config);
-    let handle = mini_scan::telemetry::install_metrics()?;
+    let handle = mini_scan::telemetry::install_metrics(&mini_scan::stages::series::all())?;
     let db = pg.connect().await?;
     let rss_reset = support::reset_peak_rss();
     let rss_before = support::status_kb("VmRSS").unwrap_or(0);

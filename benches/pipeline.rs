@@ -34,9 +34,9 @@ use mini_scan::stages::decode::{Decode, decode};
 use mini_scan::stages::dedup::{CommittedOrders, Dedup};
 use mini_scan::stages::write::trace;
 use mini_scan::stages::write::{Written, merge};
-use mini_scan::stages::{Received, Record, Scan};
+use mini_scan::stages::{Metrics, Received, Record, Scan};
 use mini_scan::telemetry::names::stage;
-use mini_scan::traces;
+use mini_scan::traces::{self, MessageContext};
 use opentelemetry::trace::SpanContext;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SpanData, SpanExporter};
@@ -279,7 +279,7 @@ fn bench_pipeline(c: &mut Criterion) {
     /// Messages per iteration: ten 1k-message batches.
     const N: usize = 10_000;
     // Counters and histograms cost what they cost in production.
-    let _ = mini_scan::telemetry::install_metrics();
+    let _ = mini_scan::telemetry::install_metrics(&mini_scan::stages::series::all());
     let msgs = messages(N);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -304,12 +304,12 @@ fn bench_pipeline(c: &mut Criterion) {
                     let started = thread_cpu();
                     let summary = rt.block_on(async move {
                         futures::stream::iter(envs)
-                            .source(stage::SOURCE)
-                            .transform(Decode)
-                            .transform(dedup)
-                            .batch(stage::BATCH, 1000, Duration::from_millis(100))
-                            .write(NullSink, 2)
-                            .ack()
+                            .source(stage::SOURCE, Metrics)
+                            .transform(Decode, Metrics)
+                            .transform(dedup, Metrics)
+                            .batch(stage::BATCH, 1000, Duration::from_millis(100), Metrics)
+                            .write(NullSink, 2, Metrics)
+                            .ack(stage::ACK, Metrics)
                             .await
                     });
                     total += thread_cpu() - started;
@@ -339,6 +339,9 @@ impl Acknowledge for TracedAck {
     fn nack(self) {
         self.0.fetch_add(1 << 32, Ordering::Relaxed);
     }
+}
+
+impl MessageContext for TracedAck {
     fn trace_context(&self) -> Option<&SpanContext> {
         self.1.as_deref()
     }
@@ -348,7 +351,7 @@ impl Acknowledge for TracedAck {
 #[derive(Clone, Copy, Debug)]
 struct TracedNullSink;
 
-impl<A: Acknowledge> Sink<A> for TracedNullSink {
+impl<A: Acknowledge + MessageContext> Sink<A> for TracedNullSink {
     type In = Record;
     type Out = Written;
 
@@ -399,7 +402,7 @@ fn attributes(n: usize) -> Vec<HashMap<String, String>> {
 
 fn bench_tracing(c: &mut Criterion) {
     const N: usize = 10_000;
-    let _ = mini_scan::telemetry::install_metrics();
+    let _ = mini_scan::telemetry::install_metrics(&mini_scan::stages::series::all());
     let msgs = messages(N);
     let attrs = attributes(N);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -440,12 +443,12 @@ fn bench_tracing(c: &mut Criterion) {
                                 Envelope::new(m, TracedAck(acks.clone(), trace))
                             });
                             futures::stream::iter(envs)
-                                .source(stage::SOURCE)
-                                .transform(Decode)
-                                .transform(dedup)
-                                .batch(stage::BATCH, 1000, Duration::from_millis(100))
-                                .write(TracedNullSink, 2)
-                                .ack()
+                                .source(stage::SOURCE, Metrics)
+                                .transform(Decode, Metrics)
+                                .transform(dedup, Metrics)
+                                .batch(stage::BATCH, 1000, Duration::from_millis(100), Metrics)
+                                .write(TracedNullSink, 2, Metrics)
+                                .ack(stage::ACK, Metrics)
                                 .await
                         })
                     });

@@ -1,6 +1,10 @@
 //! The subcommands, wired up: `main` parses the command line and calls one of
 //! these. The ingester itself lives in [`crate::ingester`]; [`ingest`] adds
 //! validation of its flags and signal handling.
+//!
+//! * `signals`: SIGTERM and SIGINT, and how they stop the ingester.
+
+mod signals;
 
 use crate::config::dead_letters::{PurgeArgs, ReplayArgs, StatsArgs};
 use crate::config::{
@@ -9,11 +13,29 @@ use crate::config::{
 use crate::db;
 use crate::dead_letters::{self as dl, Filter, PurgeOptions, ReplayOptions, report};
 use crate::ingester::Ingester;
-use crate::pipeline::shutdown::{self, Signals};
 use crate::pipeline::{AckSummary, Shutdown};
+use crate::traces::{self, Tracing};
 use anyhow::Context as _;
+use signals::Signals;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
+
+/// Logs go to stderr in `format` (see [`crate::logging`]); `RUST_LOG`
+/// filters them (default `info`). Spans are exported too when the `OTEL_*`
+/// variables say so ([`crate::traces`]); call this inside the Tokio runtime
+/// and [`Tracing::shutdown`] what it returns before exiting. An `OTEL_*`
+/// value that cannot be used is an error naming it.
+pub fn init_logging(format: crate::logging::LogFormat) -> Result<Option<Tracing>, traces::Error> {
+    let (tracing, tracer) = match traces::Settings::from_env()? {
+        Some(settings) => {
+            let (tracing, tracer) = Tracing::start(&settings)?;
+            (Some(tracing), Some(tracer))
+        }
+        None => (None, None),
+    };
+    crate::logging::init(format, tracer);
+    Ok(tracing)
+}
 
 /// `mini-scan migrate`.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
@@ -44,7 +66,7 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
 /// `mini-scan scan`.
 pub async fn scan(args: ScanArgs) -> anyhow::Result<()> {
     args.validate()?;
-    let out = crate::scan::publish(&args, shutdown::signal()).await?;
+    let out = crate::scan::publish(&args, signals::signal()).await?;
     let secs = out.elapsed.as_secs_f64().max(1e-9);
     tracing::info!(
         published = out.ok,
@@ -72,7 +94,7 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<AckSummary> {
     // Listening now, before the build, so a signal during it drains (there is
     // nothing to drain yet) instead of killing the process.
     let signals = Signals::listen().context("cannot listen for SIGTERM/SIGINT")?;
-    let signals = tokio::spawn(stop_on_signals(
+    let signals = tokio::spawn(signals::stop_on_signals(
         signals,
         shutdown.clone(),
         config.shutdown_grace,
@@ -84,16 +106,6 @@ pub async fn ingest(args: IngestArgs) -> anyhow::Result<AckSummary> {
     signals.abort();
     let _ = signals.await;
     result
-}
-
-/// The first signal stops the source and, after `grace`, gives up retrying;
-/// the second gives up at once.
-async fn stop_on_signals(mut signals: Signals, shutdown: Shutdown, grace: Duration) {
-    signals.recv().await;
-    shutdown.trigger(grace);
-    signals.recv().await;
-    tracing::warn!("second signal: giving up on uncommitted messages now");
-    shutdown.abort();
 }
 
 /// `mini-scan dead-letters stats | replay | purge`.

@@ -1,9 +1,9 @@
 //! The `mini-scan` binary: parses the command line and runs a subcommand.
 
 use clap::Parser;
+use mini_scan::app;
 use mini_scan::config::{Cli, Command, one_line_error};
 use mini_scan::logging::{fatal_line, requested_format};
-use mini_scan::{app, telemetry};
 use std::process::ExitCode;
 
 /// The command line, or how the process ends: 0 after `--help` and
@@ -41,10 +41,11 @@ fn main() -> ExitCode {
         }
     };
     // Inside the runtime: the OTLP gRPC exporter's channel lives on it.
-    let traces = match runtime.block_on(async { telemetry::init_logging(format) }) {
+    let traces = match runtime.block_on(async { app::init_logging(format) }) {
         Ok(traces) => traces,
         Err(e) => {
-            eprintln!("{}", fatal_line(format, &e));
+            let chain = mini_scan::error::Chain(&e).to_string();
+            eprintln!("{}", fatal_line(format, &chain));
             return ExitCode::from(2);
         }
     };

@@ -1,7 +1,10 @@
-//! Logs, metrics, and the HTTP endpoints `/metrics`, `/healthz`, `/readyz`.
+//! Metrics, and the HTTP endpoints `/metrics`, `/healthz`, `/readyz`.
 //!
-//! Every metric name and label value is in [`names`]; which series exist from
-//! start-up (zero-initialised) is [`series`].
+//! The lowest layer of the service's observability: it installs the
+//! registry, registers the series it is given ([`series::Series`], declared
+//! by each stage beside the code that emits them), and serves the endpoints.
+//! It knows no stage and no pipeline. Every metric name, label key and
+//! shared label value is spelled once, in [`names`].
 
 pub mod names;
 pub mod series;
@@ -18,26 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Logs go to stderr in `format` (see [`crate::logging`]); `RUST_LOG`
-/// filters them (default `info`). Spans are exported too when the `OTEL_*`
-/// variables say so ([`crate::traces`]); call this inside the Tokio runtime
-/// and [`crate::traces::Tracing::shutdown`] what it returns before exiting.
-/// An `OTEL_*` value that cannot be used is an error naming it.
-pub fn init_logging(
-    format: crate::logging::LogFormat,
-) -> Result<Option<crate::traces::Tracing>, String> {
-    use crate::traces::{Settings, Tracing};
-    let (tracing, tracer) = match Settings::from_env()? {
-        Some(settings) => {
-            let (tracing, tracer) = Tracing::start(&settings)?;
-            (Some(tracing), Some(tracer))
-        }
-        None => (None, None),
-    };
-    crate::logging::init(format, tracer);
-    Ok(tracing)
-}
 
 /// Whether the ingester's dependencies are up, for `/readyz` and
 /// `miniscan_up{component}`.
@@ -118,10 +101,12 @@ const ROWS_BUCKETS: &[f64] = &[
 static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
 
 /// Installs the global metrics recorder (once per process; later calls return
-/// the same handle), describes every metric, and registers every known
-/// counter series at 0 ([`series::zero_init`]).
-pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+/// the same handle and register `known` again, which changes nothing already
+/// registered), describes every metric, and registers every series of
+/// `known` at 0 ([`series::zero_init`]).
+pub fn install_metrics(known: &[series::Series]) -> anyhow::Result<PrometheusHandle> {
     if let Some(h) = HANDLE.get() {
+        series::zero_init(known);
         return Ok(h.clone());
     }
     let handle = PrometheusBuilder::new()
@@ -137,7 +122,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()?;
     describe();
-    series::zero_init();
+    series::zero_init(known);
     names::build_info(env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
 }

@@ -12,7 +12,7 @@
 //! naming the variable.
 //!
 //! `tracing` spans of this crate are exported over OTLP by a
-//! `tracing-opentelemetry` layer ([`crate::logging`] adds it), so log lines in
+//! `tracing-opentelemetry` layer (the logging set-up adds it), so log lines in
 //! the json format carry `trace_id` and `span_id`. Trace context crosses
 //! Pub/Sub as W3C `traceparent` values in the message attributes
 //! [`GOOGCLIENT_TRACEPARENT`] (Google's client libraries) and [`TRACEPARENT`].
@@ -43,6 +43,45 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
+
+/// Why tracing cannot start: one line, naming the variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An `OTEL_*` variable holds a value that cannot be used.
+    #[error("{var}={value:?} {problem}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The OTLP exporter cannot be built from the settings.
+    #[error("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the exporter")]
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
+}
+
+fn invalid(var: &'static str, value: impl Into<String>, problem: &'static str) -> Error {
+    Error::Invalid {
+        var,
+        value: value.into(),
+        problem,
+    }
+}
+
+/// Something that can carry the trace context its message was published in:
+/// the ack handles that travel with the messages. The write stage links its
+/// batch span to these; the generic pipeline never sees them.
+pub trait MessageContext {
+    /// The context, if tracing is on and the message carried one.
+    fn trace_context(&self) -> Option<&SpanContext> {
+        None
+    }
+}
+
+/// The unit ack handle of in-memory sources carries no context.
+impl MessageContext for () {}
 
 /// The OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,12 +120,12 @@ pub struct Settings {
 
 impl Settings {
     /// The settings from the process environment; `None` when tracing is off.
-    pub fn from_env() -> Result<Option<Self>, String> {
+    pub fn from_env() -> Result<Option<Self>, Error> {
         Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
     }
 
     /// The settings from `get` (a variable's non-empty value).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, String> {
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, Error> {
         if get("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
@@ -101,9 +140,7 @@ impl Settings {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
             || endpoint.len() <= "https://".len()
         {
-            return Err(format!(
-                "{var}={endpoint:?} is not an http:// or https:// URL"
-            ));
+            return Err(invalid(var, endpoint, "is not an http:// or https:// URL"));
         }
         let (pvar, protocol) = match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
             Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", p),
@@ -116,8 +153,10 @@ impl Settings {
             "grpc" => Protocol::Grpc,
             "http/protobuf" => Protocol::HttpProtobuf,
             other => {
-                return Err(format!(
-                    "{pvar}={other:?} is not supported (grpc or http/protobuf)"
+                return Err(invalid(
+                    pvar,
+                    other,
+                    "is not supported (grpc or http/protobuf)",
                 ));
             }
         };
@@ -156,15 +195,17 @@ impl Settings {
 }
 
 /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
-fn sampler(get: &impl Fn(&str) -> Option<String>) -> Result<(SamplerKind, bool), String> {
+fn sampler(get: &impl Fn(&str) -> Option<String>) -> Result<(SamplerKind, bool), Error> {
     let name = get("OTEL_TRACES_SAMPLER").unwrap_or_else(|| "parentbased_always_on".into());
-    let ratio = || -> Result<SamplerKind, String> {
+    let ratio = || -> Result<SamplerKind, Error> {
         match get("OTEL_TRACES_SAMPLER_ARG") {
             None => Ok(SamplerKind::Ratio(1.0)),
             Some(arg) => match arg.trim().parse::<f64>() {
                 Ok(r) if (0.0..=1.0).contains(&r) => Ok(SamplerKind::Ratio(r)),
-                _ => Err(format!(
-                    "OTEL_TRACES_SAMPLER_ARG={arg:?} is not a ratio between 0 and 1"
+                _ => Err(invalid(
+                    "OTEL_TRACES_SAMPLER_ARG",
+                    arg,
+                    "is not a ratio between 0 and 1",
                 )),
             },
         }
@@ -177,10 +218,11 @@ fn sampler(get: &impl Fn(&str) -> Option<String>) -> Result<(SamplerKind, bool),
         "parentbased_always_off" => (SamplerKind::AlwaysOff, true),
         "parentbased_traceidratio" => (ratio()?, true),
         other => {
-            return Err(format!(
-                "OTEL_TRACES_SAMPLER={other:?} is not supported (always_on, always_off, \
-                 traceidratio, parentbased_always_on, parentbased_always_off, \
-                 parentbased_traceidratio)"
+            return Err(invalid(
+                "OTEL_TRACES_SAMPLER",
+                other,
+                "is not supported (always_on, always_off, traceidratio, \
+                 parentbased_always_on, parentbased_always_off, parentbased_traceidratio)",
             ));
         }
     })
@@ -195,7 +237,7 @@ pub struct Tracing {
 impl Tracing {
     /// Starts exporting as `settings` say (inside a Tokio runtime, for gRPC)
     /// and turns [`enabled`] on. Returns the tracer for the `tracing` layer.
-    pub fn start(settings: &Settings) -> Result<(Self, SdkTracer), String> {
+    pub fn start(settings: &Settings) -> Result<(Self, SdkTracer), Error> {
         let exporter = otlp(settings)?;
         Ok(Self::with_exporter(
             exporter,
@@ -236,7 +278,7 @@ impl Tracing {
 }
 
 /// The OTLP exporter `settings` ask for.
-fn otlp(settings: &Settings) -> Result<opentelemetry_otlp::SpanExporter, String> {
+fn otlp(settings: &Settings) -> Result<opentelemetry_otlp::SpanExporter, Error> {
     let builder = opentelemetry_otlp::SpanExporter::builder();
     let timeout = Duration::from_secs(10);
     match settings.protocol {
@@ -251,7 +293,7 @@ fn otlp(settings: &Settings) -> Result<opentelemetry_otlp::SpanExporter, String>
             .with_timeout(timeout)
             .build(),
     }
-    .map_err(|e| format!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the exporter: {e}"))
+    .map_err(Error::Exporter)
 }
 
 /// The W3C `traceparent` of `span` (a `tracing` span), if it is recorded.

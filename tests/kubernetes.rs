@@ -264,6 +264,7 @@ fn trace_settings(
     env: &BTreeMap<String, Source>,
 ) -> Result<Option<mini_scan::traces::Settings>, String> {
     mini_scan::traces::Settings::from_lookup(|k| literal(env, k).map(str::to_owned))
+        .map_err(|e| e.to_string())
 }
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! The settings of `mini-scan ingest`: the flags ([`IngestArgs`]), their
 //! [`defaults`], and [`IngestConfig`], the plain validated configuration the
-//! [`Ingester`](crate::ingester::Ingester) is built from.
+//! `Ingester` is built from.
 //!
 //! clap checks each value's range; `IngestConfig::try_from(args)` checks the
 //! rest once (names, relations between settings, `DATABASE_URL`) and converts
@@ -148,7 +148,7 @@ pub struct IngestConfig {
     /// The subscription's full name, `projects/P/subscriptions/S`.
     pub subscription: String,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; port 0 picks a
-    /// free port ([`Ingester::metrics_addr`](crate::ingester::Ingester::metrics_addr)).
+    /// free port (`Ingester::metrics_addr`).
     pub metrics_addr: SocketAddr,
     /// Most messages written in one transaction.
     pub batch_max_rows: usize,

@@ -7,7 +7,7 @@
 //!
 //! * this file: the subcommands, the settings they share, [`BadSetting`].
 //! * [`ingest`]: [`IngestArgs`] (the flags), its [`defaults`] and
-//!   [`IngestConfig`], the validated settings the [`Ingester`](crate::ingester::Ingester)
+//!   [`IngestConfig`], the validated settings the `Ingester`
 //!   is built from (benches and tests construct it directly).
 //! * [`scan`]: [`ScanArgs`] and [`SetupArgs`].
 //! * [`dead_letters`]: [`DeadLettersArgs`], `stats`, `replay` and `purge`.

@@ -11,8 +11,8 @@
 //! server and its upkeep, the database probe, the cache gauge) and waits for
 //! them: nothing it started outlives it.
 //!
-//! `main` reaches this through [`crate::app::ingest`], which adds signal
-//! handling; benches and tests build an [`IngestConfig`] and call it directly.
+//! `main` reaches this through `app::ingest`, which adds signal handling;
+//! benches and tests build an [`IngestConfig`] and call it directly.
 //!
 //! * `background`: the background tasks and the set that owns them.
 
@@ -21,11 +21,12 @@ mod background;
 use crate::config::IngestConfig;
 use crate::db;
 use crate::pipeline::{AckSummary, BatchPipelineExt, PipelineExt, SettleExt, Shutdown};
-use crate::stages::batch;
 use crate::stages::decode::Decode;
 use crate::stages::dedup::{CommittedOrders, Dedup};
 use crate::stages::source::{PubsubSource, SourceConfig};
 use crate::stages::write::{PgSink, WriteConfig};
+use crate::stages::{self, Metrics};
+use crate::telemetry::names::stage;
 use crate::telemetry::{self, Health};
 use anyhow::Context as _;
 use background::Background;
@@ -59,7 +60,7 @@ impl Ingester {
     /// Nothing is pulled until [`run_until_stopped`](Self::run_until_stopped).
     /// Dropping the ingester instead aborts its background tasks.
     pub async fn build(config: IngestConfig) -> anyhow::Result<Self> {
-        let handle = telemetry::install_metrics()?;
+        let handle = telemetry::install_metrics(&stages::series::all())?;
         let health = Health::new();
         let mut background = Background::new();
         let server = telemetry::bind(config.metrics_addr, handle, health.clone())
@@ -125,15 +126,16 @@ impl Ingester {
             batch_max_wait_ms = c.batch_max_wait.as_millis() as u64, "ingesting");
 
         // The diagram: source → decode → dedup → batch → write → ack.
+        let m = Metrics;
         let summary = self
             .source
             .stream(shutdown)
-            .source(crate::telemetry::names::stage::SOURCE)
-            .transform(Decode)
-            .transform(Dedup::new(self.orders.clone()))
-            .batch(batch::STAGE, c.batch_max_rows, c.batch_max_wait)
-            .write(sink, c.write_concurrency)
-            .ack()
+            .source(stage::SOURCE, m)
+            .transform(Decode, m)
+            .transform(Dedup::new(self.orders.clone()), m)
+            .batch(stage::BATCH, c.batch_max_rows, c.batch_max_wait, m)
+            .write(sink, c.write_concurrency, m)
+            .ack(stage::ACK, m)
             .await;
 
         self.source.flush_acks(ACK_FLUSH_TIMEOUT).await;

@@ -2,7 +2,7 @@
 
 use super::envelope::{Acknowledge, Envelope, Settle, Settlement};
 use super::instrument::Tally;
-use crate::telemetry::names;
+use super::observe::Observer;
 use futures::{Stream, StreamExt};
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -17,21 +17,32 @@ pub struct AckSummary {
 }
 
 /// A pipeline's end; await it to run the pipeline to completion.
-pub struct Ack<S> {
+pub struct Ack<S, M> {
     inner: S,
+    stage: &'static str,
+    observer: M,
 }
 
-impl<S> Ack<S> {
-    pub(crate) fn new(inner: S) -> Self {
-        Self { inner }
+impl<S, M> Ack<S, M> {
+    pub(crate) fn new(inner: S, stage: &'static str, observer: M) -> Self {
+        Self {
+            inner,
+            stage,
+            observer,
+        }
     }
 }
 
-/// Settles one batch, counting it under the stage `ack` and in
-/// `miniscan_acks_total{kind}` (both labelled by [`Settlement`]). With tracing
-/// on, inside an `ack` span recording `acked` and `nacked`.
-fn settle_batch<T: Settle, A: Acknowledge>(batch: Vec<Envelope<T, A>>, summary: &mut AckSummary) {
-    let span = if crate::traces::enabled() {
+/// Settles one batch, counting it under `stage` with its [`Settlement`]s as
+/// outcomes, and reporting them to [`Observer::settled`]. If the observer
+/// asks for spans, inside an `ack` span recording `acked` and `nacked`.
+fn settle_batch<T: Settle, A: Acknowledge>(
+    batch: Vec<Envelope<T, A>>,
+    stage: &'static str,
+    observer: &impl Observer,
+    summary: &mut AckSummary,
+) {
+    let span = if observer.spans() {
         tracing::info_span!(
             "ack",
             messages = batch.len(),
@@ -42,7 +53,7 @@ fn settle_batch<T: Settle, A: Acknowledge>(batch: Vec<Envelope<T, A>>, summary: 
         tracing::Span::none()
     };
     let _entered = span.enter();
-    let mut tally = Tally::new(names::stage::ACK);
+    let mut tally = Tally::new(stage);
     let (mut acked, mut nacked) = (0u64, 0u64);
     for env in batch {
         let settlement = env.payload.settlement();
@@ -58,35 +69,39 @@ fn settle_batch<T: Settle, A: Acknowledge>(batch: Vec<Envelope<T, A>>, summary: 
         }
         tally.count(settlement);
     }
-    tally.flush_counts();
+    tally.flush_counts(observer);
     for (kind, n) in [(Settlement::Ack, acked), (Settlement::Nack, nacked)] {
         if n > 0 {
-            names::acks(kind).increment(n);
+            observer.settled(kind, n);
         }
     }
-    names::inflight_messages().decrement((acked + nacked) as f64);
     span.record("acked", acked);
     span.record("nacked", nacked);
     summary.acked += acked;
     summary.nacked += nacked;
 }
 
-impl<S, T, A> IntoFuture for Ack<S>
+impl<S, T, A, M> IntoFuture for Ack<S, M>
 where
     S: Stream<Item = Vec<Envelope<T, A>>> + Send + 'static,
     T: Settle,
     A: Acknowledge,
+    M: Observer,
 {
     type Output = AckSummary;
     type IntoFuture = Pin<Box<dyn Future<Output = AckSummary> + Send>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let inner = self.inner;
+        let Self {
+            inner,
+            stage,
+            observer,
+        } = self;
         Box::pin(async move {
             let mut summary = AckSummary::default();
             let mut inner = std::pin::pin!(inner);
             while let Some(batch) = inner.next().await {
-                settle_batch(batch, &mut summary);
+                settle_batch(batch, stage, &observer, &mut summary);
             }
             summary
         })

@@ -1,22 +1,21 @@
 //! The unit that flows through a pipeline: a payload and its ack handle.
 
 use super::outcome::outcome_enum;
-use crate::telemetry::names::outcome;
 
 /// Something that settles one delivered message with its broker.
 ///
 /// Implementations must be cheap and must not block: the ack stage calls them
 /// for every message of a batch in a row.
+///
+/// A handle may carry more about its message than how to settle it (the
+/// Pub/Sub handle carries the message's trace context): the pipeline passes
+/// it through untouched, so only the stage that asks for it, through the
+/// concrete type's own traits, needs to know.
 pub trait Acknowledge: Send + 'static {
     /// The message's effect is durable; the broker may forget it.
     fn ack(self);
     /// The message was not handled; the broker should deliver it again.
     fn nack(self);
-    /// The trace context the message was published in, if tracing is on and
-    /// it carried one ([`crate::traces`]).
-    fn trace_context(&self) -> Option<&opentelemetry::trace::SpanContext> {
-        None
-    }
 }
 
 /// A payload travelling together with the handle that acknowledges it.
@@ -48,13 +47,13 @@ impl<T, A> Envelope<T, A> {
 
 outcome_enum! {
     /// How the last stage must settle a message. Also the ack stage's outcome
-    /// and the `kind` of `miniscan_acks_total`.
+    /// (and what [`super::Observer::settled`] is told).
     pub enum Settlement {
         /// Its effect is committed (or it is proven redundant): ack it.
-        Ack => outcome::ACK,
+        Ack => "ack",
         /// It was not handled (for example, shut down while the database was
         /// unreachable): nack it so that it is delivered again.
-        Nack => outcome::NACK,
+        Nack => "nack",
     }
 }
 

@@ -1,12 +1,12 @@
-//! Per-stage counting, flushed to the metrics registry once per burst.
+//! Per-stage counting, flushed to the [`Observer`] once per burst.
 //!
-//! Touching the registry (a label lookup and atomic adds) per message would cost
-//! more than most stages' own work, so per-item stages count into a [`Tally`],
-//! a plain local array, and flush it when their input runs dry (the stream
-//! returns `Pending` or ends) or every [`FLUSH_EVERY`] items under load.
+//! Touching a metrics registry (a label lookup and atomic adds) per message
+//! would cost more than most stages' own work, so per-item stages count into a
+//! [`Tally`], a plain local array, and flush it when their input runs dry (the
+//! stream returns `Pending` or ends) or every [`FLUSH_EVERY`] items under load.
 
+use super::observe::Observer;
 use super::outcome::{Outcome, SourceOutcome};
-use crate::telemetry::names;
 use futures::Stream;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -18,7 +18,7 @@ use std::time::Duration;
 /// registry work per message negligible.
 pub const FLUSH_EVERY: u64 = 1024;
 
-/// Local counts of one stage's outcomes, flushed to the registry in bulk.
+/// Local counts of one stage's outcomes, flushed to an [`Observer`] in bulk.
 #[derive(Debug)]
 pub struct Tally<O> {
     stage: &'static str,
@@ -68,10 +68,15 @@ impl<O: Outcome> Tally<O> {
         self.items
     }
 
-    /// Writes the counts and the busy time to the registry and resets them.
-    /// `per_item` records the busy time as a per-item mean; otherwise as one
+    /// The stage it counts for.
+    pub fn stage(&self) -> &'static str {
+        self.stage
+    }
+
+    /// Hands the counts and the busy time to `observer` and resets them.
+    /// `per_item` reports the busy time as a per-item mean; otherwise as one
     /// observation (a batch stage's time for one batch).
-    pub fn flush(&mut self, per_item: bool) {
+    pub fn flush(&mut self, per_item: bool, observer: &impl Observer) {
         if self.items == 0 {
             return;
         }
@@ -80,17 +85,17 @@ impl<O: Outcome> Tally<O> {
         } else {
             self.busy.as_secs_f64()
         };
-        names::stage_duration(self.stage).record(busy);
+        observer.busy(self.stage, busy);
         self.busy = Duration::ZERO;
-        self.flush_counts();
+        self.flush_counts(observer);
     }
 
-    /// Writes only the counts to the registry and resets them; returns how
-    /// many items they held.
-    pub fn flush_counts(&mut self) -> u64 {
+    /// Hands only the counts to `observer` and resets them; returns how many
+    /// items they held.
+    pub fn flush_counts(&mut self, observer: &impl Observer) -> u64 {
         for (outcome, n) in self.counts.iter_mut() {
             if *n > 0 {
-                names::messages(self.stage, outcome.as_str()).increment(*n);
+                observer.count(self.stage, outcome.as_str(), *n);
                 *n = 0;
             }
         }
@@ -99,33 +104,35 @@ impl<O: Outcome> Tally<O> {
 }
 
 pin_project_lite::pin_project! {
-    /// Counts the items a source yields (`outcome="received"`) and adds them to
-    /// the in-flight gauge, a burst at a time.
+    /// Counts the items a source yields (`outcome="received"`) and reports
+    /// them as in flight ([`Observer::received`]), a burst at a time.
     #[derive(Debug)]
-    pub struct Counted<S> {
+    pub struct Counted<S, M> {
         #[pin]
         inner: S,
         tally: Tally<SourceOutcome>,
+        observer: M,
     }
 }
 
-impl<S> Counted<S> {
-    pub(crate) fn new(inner: S, stage: &'static str) -> Self {
+impl<S, M> Counted<S, M> {
+    pub(crate) fn new(inner: S, stage: &'static str, observer: M) -> Self {
         Self {
             inner,
             tally: Tally::new(stage),
+            observer,
         }
     }
 }
 
-fn flush_received(tally: &mut Tally<SourceOutcome>) {
-    let n = tally.flush_counts();
+fn flush_received(tally: &mut Tally<SourceOutcome>, observer: &impl Observer) {
+    let n = tally.flush_counts(observer);
     if n > 0 {
-        names::inflight_messages().increment(n as f64);
+        observer.received(n);
     }
 }
 
-impl<S: Stream> Stream for Counted<S> {
+impl<S: Stream, M: Observer> Stream for Counted<S, M> {
     type Item = S::Item;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
@@ -134,12 +141,12 @@ impl<S: Stream> Stream for Counted<S> {
             Poll::Ready(Some(item)) => {
                 this.tally.count(SourceOutcome::Received);
                 if this.tally.pending() >= FLUSH_EVERY {
-                    flush_received(this.tally);
+                    flush_received(this.tally, this.observer);
                 }
                 Poll::Ready(Some(item))
             }
             other => {
-                flush_received(this.tally);
+                flush_received(this.tally, this.observer);
                 other
             }
         }

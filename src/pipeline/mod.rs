@@ -1,31 +1,37 @@
-//! The generic stage machinery. Nothing in here knows about scans.
+//! The generic stage machinery. Nothing in here knows about scans, and
+//! nothing in here imports anything else of this crate (a test in `lib.rs`
+//! enforces it): metric names, stage names and tracing are the caller's,
+//! handed in through an [`Observer`].
 //!
 //! A pipeline is a `futures::Stream` of [`Envelope`]s: a payload travelling
 //! together with the handle that acknowledges it. Stages are composed with the
 //! combinators of [`PipelineExt`], so that the top level reads like the diagram:
 //!
 //! ```text
-//! source.transform(decode).transform(dedup).batch(..).write(sink, n).ack()
+//! source.source(..).transform(decode, ..).transform(dedup, ..)
+//!     .batch(..).write(sink, n, ..).ack(..)
 //! ```
 //!
 //! The rules every stage follows:
 //!
 //! * The ack handle travels with the data and only the last stage ([`ack`])
 //!   settles it, as the sink decided ([`Settle`]).
-//! * Every stage counts what goes in and out of it in
-//!   `miniscan_messages_total{stage,outcome}`, its outcomes a typed
-//!   [`Outcome`] with one string form each. Per-item stages count into a
-//!   local tally that is flushed to the metrics registry once per burst (when
+//! * Every stage counts what goes in and out of it by `stage` and `outcome`,
+//!   its outcomes a typed [`Outcome`] with one string form each, and reports
+//!   the counts to the [`Observer`] its caller chose. Per-item stages count
+//!   into a local tally that is flushed to the observer once per burst (when
 //!   their input runs dry, or every [`instrument::FLUSH_EVERY`] items), so the
-//!   registry is touched per batch, not per message.
+//!   observer is called per batch, not per message.
 //! * Shutdown is explicit ([`shutdown`]): the source stops, every later stage
-//!   drains what it holds, and the last ack ends the pipeline.
+//!   drains what it holds, and the last ack ends the pipeline. Whatever asks
+//!   for the shutdown (OS signals, a test) is the caller's.
 
 pub mod ack;
 pub mod backoff;
 pub mod batch;
 pub mod envelope;
 pub mod instrument;
+pub mod observe;
 pub mod outcome;
 pub mod shutdown;
 pub mod sink;
@@ -35,6 +41,7 @@ pub use ack::{Ack, AckSummary};
 pub use backoff::Backoff;
 pub use envelope::{Acknowledge, Envelope, Settle, Settlement};
 pub use instrument::Tally;
+pub use observe::Observer;
 pub use outcome::{BatchOutcome, Outcome, SourceOutcome};
 pub use shutdown::Shutdown;
 pub use sink::Sink;
@@ -45,28 +52,33 @@ use std::time::Duration;
 
 /// The combinators that compose a pipeline out of stages.
 pub trait PipelineExt<T, A>: Stream<Item = Envelope<T, A>> + Sized {
-    /// Applies a per-item [`Transform`] to every payload, counting outcomes.
-    fn transform<X>(self, stage: X) -> transform::TransformStream<Self, X>
+    /// Applies a per-item [`Transform`] to every payload, counting outcomes
+    /// for `observer`.
+    fn transform<X, M>(self, stage: X, observer: M) -> transform::TransformStream<Self, X, M>
     where
         X: Transform<In = T>,
+        M: Observer,
     {
-        transform::TransformStream::new(self, stage)
+        transform::TransformStream::new(self, stage, observer)
     }
 
     /// Groups items into batches of at most `max_items`, emitting a partial
-    /// batch once `max_wait` has passed since its first item.
-    fn batch(
+    /// batch once `max_wait` has passed since its first item; counted under
+    /// `stage` for `observer`.
+    fn batch<M: Observer>(
         self,
         stage: &'static str,
         max_items: usize,
         max_wait: Duration,
-    ) -> batch::BatchStream<Self, Envelope<T, A>> {
-        batch::BatchStream::new(self, stage, max_items, max_wait)
+        observer: M,
+    ) -> batch::BatchStream<Self, Envelope<T, A>, M> {
+        batch::BatchStream::new(self, stage, max_items, max_wait, observer)
     }
 
-    /// Counts items leaving a source under `stage` with the outcome `received`.
-    fn source(self, stage: &'static str) -> instrument::Counted<Self> {
-        instrument::Counted::new(self, stage)
+    /// Counts items leaving a source under `stage` with the outcome
+    /// `received`, and reports them to `observer` as in flight.
+    fn source<M: Observer>(self, stage: &'static str, observer: M) -> instrument::Counted<Self, M> {
+        instrument::Counted::new(self, stage, observer)
     }
 }
 
@@ -75,13 +87,20 @@ impl<S, T, A> PipelineExt<T, A> for S where S: Stream<Item = Envelope<T, A>> {}
 /// The combinators that apply to a stream of batches.
 pub trait BatchPipelineExt<T, A>: Stream<Item = Vec<Envelope<T, A>>> + Sized {
     /// Hands each batch to `sink`, with at most `concurrency` batches in flight,
-    /// and yields the settled envelopes in the order the batches arrived.
-    fn write<K>(self, sink: K, concurrency: usize) -> impl Stream<Item = Vec<Envelope<K::Out, A>>>
+    /// and yields the settled envelopes in the order the batches arrived;
+    /// counted for `observer`.
+    fn write<K, M>(
+        self,
+        sink: K,
+        concurrency: usize,
+        observer: M,
+    ) -> impl Stream<Item = Vec<Envelope<K::Out, A>>>
     where
         K: Sink<A, In = T>,
         A: Acknowledge,
+        M: Observer,
     {
-        sink::write(self, sink, concurrency)
+        sink::write(self, sink, concurrency, observer)
     }
 }
 
@@ -93,9 +112,10 @@ where
     T: Settle,
     A: Acknowledge,
 {
-    /// Acks or nacks every envelope; the future ends when the stream does.
-    fn ack(self) -> Ack<Self> {
-        Ack::new(self)
+    /// Acks or nacks every envelope, counted under `stage` for `observer`;
+    /// the future ends when the stream does.
+    fn ack<M: Observer>(self, stage: &'static str, observer: M) -> Ack<Self, M> {
+        Ack::new(self, stage, observer)
     }
 }
 

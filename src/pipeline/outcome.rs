@@ -1,11 +1,11 @@
-//! What happened to a message at a stage: the `outcome` label of
-//! `miniscan_messages_total{stage,outcome}`, as a type.
+//! What happened to a message at a stage, as a type: what a stage counts its
+//! items under (see [`super::Observer::count`]).
 
 /// A stage's outcomes: a small fixed set, each with one string form.
 ///
 /// Per-item stages return one from [`super::Transform::apply`]; sinks give one
-/// per message through [`super::Settle::outcome`]. `ALL` lets the metrics be
-/// zero-initialised for every value (see `crate::telemetry::series`).
+/// per message through [`super::Settle::outcome`]. `ALL` lets a caller
+/// zero-initialise its metrics for every value.
 /// The crate-internal `outcome_enum!` macro defines one.
 pub trait Outcome: Copy + PartialEq + Send + Sync + 'static {
     /// Every value, in a fixed order.
@@ -72,13 +72,11 @@ macro_rules! outcome_enum {
 }
 pub(crate) use outcome_enum;
 
-use crate::telemetry::names::outcome;
-
 outcome_enum! {
     /// A source's only outcome: a message was delivered.
     pub enum SourceOutcome {
         /// Delivered by the broker.
-        Received => outcome::RECEIVED,
+        Received => "received",
     }
 }
 
@@ -86,7 +84,7 @@ outcome_enum! {
     /// The batch stage's only outcome: a message left in a batch.
     pub enum BatchOutcome {
         /// Left in a batch.
-        Out => outcome::OUT,
+        Out => "out",
     }
 }
 

@@ -8,15 +8,26 @@
 //! 2. `abort`: the drain is taking too long (the database is unreachable): sinks
 //!    give up retrying and return their batches as nacks, so the broker
 //!    delivers them again. Nothing is lost either way.
+//!
+//! The abort after a grace period is a deadline that [`Shutdown::aborted`]
+//! and [`Shutdown::is_aborted`] compare the clock with, not a timer task:
+//! nothing is left running when the pipeline is gone. What triggers the
+//! shutdown (OS signals in the binary, a test) is the caller's business.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The shutdown signal shared by a pipeline's stages.
 #[derive(Clone, Debug, Default)]
 pub struct Shutdown {
     stop: CancellationToken,
+    /// Cancelled by [`Shutdown::abort`]: give up at once.
     abort: CancellationToken,
+    /// When [`Shutdown::trigger`]'s grace period ends; set once, before
+    /// `stop` is cancelled.
+    deadline: Arc<OnceLock<Instant>>,
 }
 
 impl Shutdown {
@@ -26,16 +37,13 @@ impl Shutdown {
     }
 
     /// Asks the source to stop; once `grace` has passed, asks sinks to give up.
+    /// Only the first call (or [`Shutdown::abort`]) counts.
     pub fn trigger(&self, grace: Duration) {
         if self.stop.is_cancelled() {
             return;
         }
+        let _ = self.deadline.set(Instant::now() + grace);
         self.stop.cancel();
-        let abort = self.abort.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            abort.cancel();
-        });
     }
 
     /// Gives up at once: sinks stop retrying.
@@ -54,82 +62,27 @@ impl Shutdown {
         self.stop.is_cancelled()
     }
 
-    /// Resolves when sinks should give up retrying.
+    /// Resolves when sinks should give up retrying: at once after
+    /// [`Shutdown::abort`], or when the grace period of
+    /// [`Shutdown::trigger`] ends.
     pub async fn aborted(&self) {
-        self.abort.cancelled().await
+        let graced = async {
+            self.stop.cancelled().await;
+            match self.deadline.get() {
+                Some(&deadline) => tokio::time::sleep_until(deadline).await,
+                // Stopped by `abort`, which cancels `abort` as well.
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.abort.cancelled() => {}
+            _ = graced => {}
+        }
     }
 
     /// Whether sinks should give up retrying.
     pub fn is_aborted(&self) -> bool {
-        self.abort.is_cancelled()
-    }
-}
-
-/// SIGTERM and SIGINT, caught from the moment [`Signals::listen`] returns.
-///
-/// Listening installs tokio's handler at once (and for the life of the
-/// process), so from then on neither signal kills the process: one that
-/// arrives before anything awaits [`Signals::recv`] is kept and returned by
-/// it. Listen first, then start what takes time.
-#[derive(Debug)]
-pub struct Signals {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Starts listening now. Fails only if SIGINT cannot be listened for; a
-    /// SIGTERM listener that cannot be had is logged and done without.
-    pub fn listen() -> std::io::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let term = signal(SignalKind::terminate())
-                .inspect_err(|e| {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the process");
-                })
-                .ok();
-            let int = signal(SignalKind::interrupt())?;
-            Ok(Self { term, int })
-        }
-        #[cfg(not(unix))]
-        Ok(Self {})
-    }
-
-    /// Resolves on the next SIGTERM or SIGINT (including one that arrived
-    /// since listening started).
-    pub async fn recv(&mut self) {
-        #[cfg(unix)]
-        {
-            let term = async {
-                match &mut self.term {
-                    Some(term) => term.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = term => tracing::info!("SIGTERM received; draining"),
-                _ = self.int.recv() => tracing::info!("SIGINT received; draining"),
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-/// Resolves on the first SIGTERM or SIGINT (Ctrl-C) after the first poll.
-/// Where a signal must not be lost in between, use [`Signals::listen`].
-pub async fn signal() {
-    match Signals::listen() {
-        Ok(mut signals) => signals.recv().await,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for signals; only Ctrl-C stops the process");
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        self.abort.is_cancelled() || self.deadline.get().is_some_and(|&d| Instant::now() >= d)
     }
 }
 
@@ -152,19 +105,28 @@ mod tests {
         assert!(s.is_aborted());
     }
 
-    /// A SIGTERM that arrives after `listen` and before anything awaits
-    /// `recv` neither kills the process nor is lost.
-    #[cfg(unix)]
-    #[tokio::test]
-    async fn a_signal_before_recv_is_kept() {
-        let mut signals = Signals::listen().unwrap();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &std::process::id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
-        tokio::time::timeout(Duration::from_secs(10), signals.recv())
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_wakes_at_the_deadline_or_at_once_on_abort() {
+        let s = Shutdown::new();
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move {
+                s.aborted().await;
+                Instant::now()
+            }
+        });
+        tokio::task::yield_now().await;
+        let triggered = Instant::now();
+        s.trigger(Duration::from_secs(30));
+        s.trigger(Duration::from_secs(1)); // only the first counts
+        let woke = waiter.await.unwrap();
+        assert_eq!(woke - triggered, Duration::from_secs(30));
+
+        let s = Shutdown::new();
+        s.abort();
+        assert!(s.is_stopped() && s.is_aborted());
+        tokio::time::timeout(Duration::from_millis(1), s.aborted())
             .await
-            .expect("the SIGTERM sent before recv was kept");
+            .expect("abort wakes waiters at once");
     }
 }

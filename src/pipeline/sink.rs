@@ -2,6 +2,7 @@
 
 use super::envelope::{Acknowledge, Envelope, Settle};
 use super::instrument::Tally;
+use super::observe::Observer;
 use futures::{Stream, StreamExt};
 use std::future::Future;
 use std::time::Instant;
@@ -28,19 +29,22 @@ pub trait Sink<A: Acknowledge>: Clone + Send + 'static {
 /// Runs `sink` on every batch with up to `concurrency` batches in flight,
 /// yielding results in arrival order. While batches are in flight the input
 /// keeps being polled, so the next batch fills while the database works.
-pub(crate) fn write<S, K, A>(
+pub(crate) fn write<S, K, A, M>(
     input: S,
     sink: K,
     concurrency: usize,
+    observer: M,
 ) -> impl Stream<Item = Vec<Envelope<K::Out, A>>>
 where
     S: Stream<Item = Vec<Envelope<K::In, A>>>,
     K: Sink<A>,
     A: Acknowledge,
+    M: Observer,
 {
     input
         .map(move |batch| {
             let sink = sink.clone();
+            let observer = observer.clone();
             async move {
                 let started = Instant::now();
                 let out = sink.write(batch).await;
@@ -49,7 +53,7 @@ where
                 for env in &out {
                     tally.count(env.payload.outcome());
                 }
-                tally.flush(false);
+                tally.flush(false, &observer);
                 out
             }
         })

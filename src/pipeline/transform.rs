@@ -2,6 +2,7 @@
 
 use super::envelope::Envelope;
 use super::instrument::{FLUSH_EVERY, Tally};
+use super::observe::Observer;
 use super::outcome::Outcome;
 use futures::Stream;
 use std::pin::Pin;
@@ -31,29 +32,32 @@ pub trait Transform {
 
 pin_project_lite::pin_project! {
     /// The stream that runs a [`Transform`]; see [`super::PipelineExt::transform`].
-    pub struct TransformStream<S, X: Transform> {
+    pub struct TransformStream<S, X: Transform, M> {
         #[pin]
         inner: S,
         stage: X,
         tally: Tally<X::Outcome>,
+        observer: M,
     }
 }
 
-impl<S, X: Transform> TransformStream<S, X> {
-    pub(crate) fn new(inner: S, stage: X) -> Self {
+impl<S, X: Transform, M> TransformStream<S, X, M> {
+    pub(crate) fn new(inner: S, stage: X, observer: M) -> Self {
         let tally = Tally::new(stage.name());
         Self {
             inner,
             stage,
             tally,
+            observer,
         }
     }
 }
 
-impl<S, X, A> Stream for TransformStream<S, X>
+impl<S, X, A, M> Stream for TransformStream<S, X, M>
 where
     S: Stream<Item = Envelope<X::In, A>>,
     X: Transform,
+    M: Observer,
 {
     type Item = Envelope<X::Out, A>;
 
@@ -67,19 +71,19 @@ where
                 this.tally.busy(started.elapsed());
                 this.tally.count(outcome);
                 if this.tally.pending() >= FLUSH_EVERY {
-                    this.tally.flush(true);
+                    this.tally.flush(true, this.observer);
                     this.stage.flush();
                 }
                 Poll::Ready(Some(Envelope::new(out, ack)))
             }
             Poll::Ready(None) => {
-                this.tally.flush(true);
+                this.tally.flush(true, this.observer);
                 this.stage.flush();
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 if this.tally.pending() > 0 {
-                    this.tally.flush(true);
+                    this.tally.flush(true, this.observer);
                     this.stage.flush();
                 }
                 Poll::Pending
@@ -129,7 +133,7 @@ mod tests {
     #[tokio::test]
     async fn transforms_payloads_and_keeps_ack_handles() {
         let input = futures::stream::iter((0..5u32).map(|i| Envelope::new(i, i + 100)));
-        let out: Vec<_> = input.transform(Double).collect().await;
+        let out: Vec<_> = input.transform(Double, ()).collect().await;
         let got: Vec<(u64, u32)> = out.into_iter().map(|e| (e.payload, e.ack)).collect();
         assert_eq!(got, vec![(0, 100), (2, 101), (4, 102), (6, 103), (8, 104)]);
     }

@@ -3,12 +3,16 @@
 //! up on during shutdown, so that Pub/Sub delivers them again.
 //!
 //! The settling itself is generic ([`crate::pipeline::ack`]); this module holds
-//! the Pub/Sub ack handle.
+//! the Pub/Sub ack handle and the stage's series.
 //!
 //! Metrics: `miniscan_messages_total{stage="ack",outcome="ack"|"nack"}`,
-//! `miniscan_acks_total{kind}`, and `miniscan_inflight_messages` falls.
+//! `miniscan_acks_total{kind}`, and `miniscan_inflight_messages` falls
+//! (reported through [`super::Metrics`]).
 
-use crate::pipeline::Acknowledge;
+use crate::pipeline::{Acknowledge, Settlement};
+use crate::telemetry::names::{self, label, stage};
+use crate::telemetry::series::Series;
+use crate::traces::MessageContext;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use opentelemetry::trace::SpanContext;
 
@@ -40,8 +44,21 @@ impl Acknowledge for PubsubAck {
     fn nack(self) {
         self.handler.nack()
     }
+}
 
+impl MessageContext for PubsubAck {
     fn trace_context(&self) -> Option<&SpanContext> {
         self.trace.as_deref()
     }
+}
+
+/// The series this stage emits, zero-initialised at start-up.
+pub(crate) fn series() -> Vec<Series> {
+    let mut all = super::series::messages::<Settlement>(stage::ACK);
+    all.extend(
+        Settlement::ALL
+            .iter()
+            .map(|s| Series::counter(names::ACKS_TOTAL, &[(label::KIND, s.as_str())])),
+    );
+    all
 }

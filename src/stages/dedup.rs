@@ -17,7 +17,8 @@
 use super::{Order, Record, ScanKey};
 use crate::pipeline::Transform;
 use crate::pipeline::outcome::outcome_enum;
-use crate::telemetry::names::{self, cache, outcome, stage};
+use crate::telemetry::names::{self, cache, label, outcome, stage};
+use crate::telemetry::series::Series;
 use moka::sync::Cache;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -27,24 +28,25 @@ pub struct CommittedOrders {
     /// aHash rather than SipHash: hashing the key is a large part of every
     /// lookup and insert, and aHash keeps randomised, DoS-resistant seeds.
     ///
-    /// Each entry is a slot that learning overwrites in place: a moka
+    /// Each entry is a cell that learning overwrites in place: a moka
     /// `insert` over an existing key builds a new entry, retires the old one
     /// and queues the change for the cache's housekeeping, which made it the
     /// dearest step per message (see [`CommittedOrders::committed`]).
-    cache: Cache<ScanKey, Slot, ahash::RandomState>,
+    cache: Cache<ScanKey, OrderCell, ahash::RandomState>,
 }
 
-/// A key's entry: the newest order committed for it, overwritten in place.
-type Slot = Arc<Mutex<Order>>;
+/// What the cache holds for a key: the newest order committed for it,
+/// overwritten in place.
+type OrderCell = Arc<Mutex<Order>>;
 
 /// Up to this many keys, the cache's hash table is allocated whole at start
-/// (moka's `initial_capacity`, about 20 bytes per key: 4 MB for the default
-/// 200k) instead of doubling as it fills. The doublings rehash every entry
-/// and cost the ingester 0.3-0.4 us per message while a 100k-key cache filled
-/// (two interleaved e2e runs, docs/BENCHMARKS.md section 10); a cache that is
-/// full already no longer resizes, so this pays at start-up, after every
-/// restart. A larger cache still grows from there, so a capacity set far
-/// above the key space does not allocate up front for keys it will never see.
+/// (moka's `initial_capacity`, about 20 bytes per key) instead of doubling as
+/// it fills: each doubling rehashes every entry, which shows in the cost per
+/// message while the cache fills (measured in docs/BENCHMARKS.md, section
+/// 10). A cache that is full already no longer resizes, so this pays at
+/// start-up, after every restart. A larger cache still grows from there, so
+/// a capacity set far above the key space does not allocate up front for
+/// keys it will never see.
 const PRESIZED_KEYS: u64 = 1 << 20;
 
 /// A key's cache entry, as the dedup stage's lookup found it.
@@ -52,11 +54,11 @@ const PRESIZED_KEYS: u64 = 1 << 20;
 /// A scan that passes dedup carries the entry its lookup found (if any) to
 /// the write stage, which teaches it the committed order through it instead
 /// of looking the key up a second time: every committed winner of a cached
-/// key saves a moka `get` (about a microsecond of CPU). Should the cache have
-/// evicted the entry meanwhile, the write lands in a slot no one reads, and
-/// the cache merely forgets the key, which it may always do.
+/// key saves a moka `get`. Should the cache have evicted the entry meanwhile,
+/// the write lands in a cell no one reads, and the cache merely forgets the
+/// key, which it may always do.
 #[derive(Clone)]
-pub struct CachedEntry(Slot);
+pub struct CachedEntry(OrderCell);
 
 impl std::fmt::Debug for CachedEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,10 +73,10 @@ impl CachedEntry {
     }
 }
 
-/// The order in `slot`. A panic cannot leave an `Order` half written (it is
+/// The order in `cell`. A panic cannot leave an `Order` half written (it is
 /// only ever assigned whole), so a poisoned lock still holds a valid one.
-fn read(slot: &Slot) -> MutexGuard<'_, Order> {
-    slot.lock().unwrap_or_else(PoisonError::into_inner)
+fn read(cell: &OrderCell) -> MutexGuard<'_, Order> {
+    cell.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for CommittedOrders {
@@ -116,11 +118,12 @@ impl CommittedOrders {
     /// less effective for a moment. Comparing first cost more than it saved
     /// (measured in `benches/write.rs`).
     ///
-    /// A key already cached has its slot overwritten in place; only a new key
+    /// A key already cached has its cell overwritten in place; only a new key
     /// is inserted. Two learners that both find the key missing both insert,
     /// and the last one stays, which is again a lower bound. Updating in
-    /// place cut the CPU of a lookup and a learn from 2.66 to 1.64 us per
-    /// message (`benches/dedup_store.rs`, docs/BENCHMARKS.md section 10).
+    /// place costs far less CPU per message than a moka insert
+    /// (`benches/dedup_store.rs`; the figures are in docs/BENCHMARKS.md,
+    /// section 10).
     pub fn committed(&self, key: ScanKey, order: Order) {
         self.committed_at(None, key, order);
     }
@@ -132,7 +135,7 @@ impl CommittedOrders {
     /// over a cached key costs far more than a lookup.
     pub fn committed_at(&self, entry: Option<CachedEntry>, key: ScanKey, order: Order) {
         match entry.or_else(|| self.find(&key)) {
-            Some(CachedEntry(slot)) => *read(&slot) = order,
+            Some(CachedEntry(cell)) => *read(&cell) = order,
             None => self.cache.insert(key, Arc::new(Mutex::new(order))),
         }
     }
@@ -152,6 +155,16 @@ outcome_enum! {
         /// Provably not newer than what is committed: [`Record::Stale`].
         Stale => outcome::STALE,
     }
+}
+
+/// The series this stage emits, zero-initialised at start-up.
+pub(crate) fn series() -> Vec<Series> {
+    let mut all = super::series::messages::<DedupOutcome>(stage::DEDUP);
+    all.extend(
+        [cache::HIT, cache::MISS]
+            .map(|result| Series::counter(names::CACHE_LOOKUPS_TOTAL, &[(label::RESULT, result)])),
+    );
+    all
 }
 
 /// The dedup stage.

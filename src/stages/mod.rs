@@ -5,6 +5,11 @@
 //! source ─▶ decode ─▶ dedup ─▶ batch ─▶ write ─▶ ack
 //! Received  Record    Record   Vec<..>  Written  (settled)
 //! ```
+//!
+//! Each stage declares the metric series it emits beside the code that emits
+//! them (its `series()`); [`series::all`] collects them for the ingester.
+//! [`Metrics`] is the generic pipeline's [`crate::pipeline::Observer`],
+//! reporting to the metrics registry.
 
 pub mod ack;
 pub mod batch;
@@ -12,8 +17,12 @@ pub mod decode;
 pub mod dedup;
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod observe;
+pub mod series;
 pub mod source;
 pub mod write;
+
+pub use observe::Metrics;
 
 use bytes::Bytes;
 use compact_str::CompactString;

@@ -17,15 +17,22 @@
 //! the subscription down until messages flow again. Transient failures are
 //! retried inside the client.
 //!
+//! Every stream keeps one shutdown token, replaced when the stream is
+//! reopened: the tokens held are bounded by the number of streams, however
+//! long an outage keeps reopening them ([`PubsubSource::held_tokens`]). A
+//! replaced token is kept only until its stream's acks are flushed.
+//!
 //! Metrics: `miniscan_messages_total{stage="source",outcome="received"}`,
-//! `miniscan_inflight_messages`, `miniscan_errors_total{stage="source"}`.
+//! `miniscan_inflight_messages` (both through [`super::Metrics`]),
+//! `miniscan_errors_total{stage="source",kind="stream"}`.
 
 use super::Received;
 use super::ack::PubsubAck;
-use crate::pipeline::{Backoff, Envelope, Shutdown};
+use crate::pipeline::{Backoff, Envelope, Shutdown, SourceOutcome};
 use crate::telemetry::Health;
 use crate::telemetry::names::{self, error_kind, stage};
-use futures::{Stream, StreamExt};
+use crate::telemetry::series::Series;
+use futures::{FutureExt as _, Stream, StreamExt};
 use google_cloud_pubsub::client::{Subscriber, SubscriptionAdmin};
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownToken};
@@ -58,9 +65,49 @@ pub struct PubsubSource {
     admin: SubscriptionAdmin,
     config: SourceConfig,
     health: Health,
-    /// Every stream opened, so that shutdown can wait for their acks to be
-    /// sent.
-    tokens: Arc<Mutex<Vec<ShutdownToken>>>,
+    /// The streams' shutdown tokens, so that shutdown can wait for their acks
+    /// to be sent.
+    tokens: Arc<Mutex<Tokens>>,
+}
+
+/// The shutdown tokens of a source's streams: one per stream, replaced when
+/// the stream is reopened, and the replaced ones whose stream may still be
+/// flushing acks (dropped once it is done).
+#[derive(Debug, Default)]
+struct Tokens {
+    live: Vec<Option<ShutdownToken>>,
+    retired: Vec<ShutdownToken>,
+}
+
+impl Tokens {
+    /// Sets stream `index`'s token, retiring the one it replaces.
+    fn replace(&mut self, index: usize, token: ShutdownToken) {
+        if self.live.len() <= index {
+            self.live.resize(index + 1, None);
+        }
+        if let Some(old) = self.live[index].replace(token) {
+            self.retired.push(old);
+        }
+        self.prune();
+    }
+
+    /// Drops retired tokens whose stream has finished shutting down. Their
+    /// stream is gone (a dropped stream cancels its token), so polling the
+    /// shutdown once only asks whether its last acks are sent.
+    fn prune(&mut self) {
+        self.retired
+            .retain(|t| t.shutdown().now_or_never().is_none());
+    }
+
+    fn count(&self) -> usize {
+        self.live.iter().flatten().count() + self.retired.len()
+    }
+
+    fn take(&mut self) -> Vec<ShutdownToken> {
+        let mut all: Vec<ShutdownToken> = self.live.drain(..).flatten().collect();
+        all.append(&mut self.retired);
+        all
+    }
 }
 
 impl std::fmt::Debug for PubsubSource {
@@ -97,7 +144,7 @@ impl PubsubSource {
             admin,
             config,
             health,
-            tokens: Arc::new(Mutex::new(Vec::new())),
+            tokens: Arc::default(),
         }
     }
 
@@ -106,11 +153,25 @@ impl PubsubSource {
         &self,
         shutdown: Shutdown,
     ) -> impl Stream<Item = Envelope<Received, PubsubAck>> + Send + 'static {
-        let streams = (0..self.config.streams.max(1)).map(|_| self.clone().one_stream().boxed());
+        let streams = (0..self.config.streams.max(1)).map(|i| self.clone().one_stream(i).boxed());
         futures::stream::select_all(streams).take_until(async move { shutdown.stopped().await })
     }
 
-    fn open(&self) -> MessageStream {
+    /// How many streams' shutdown tokens the source holds: at most one per
+    /// stream, plus those of replaced streams still flushing their acks. For
+    /// tests and operators: it must not grow with the number of reopens.
+    pub fn held_tokens(&self) -> usize {
+        match self.tokens.lock() {
+            Ok(mut tokens) => {
+                tokens.prune();
+                tokens.count()
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Opens stream `index` (again), replacing its token.
+    fn open(&self, index: usize) -> MessageStream {
         let stream = self
             .client
             .subscribe(self.config.subscription.clone())
@@ -118,18 +179,21 @@ impl PubsubSource {
             .set_max_outstanding_bytes(self.config.max_outstanding_bytes)
             .build();
         if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.push(stream.shutdown_token());
+            tokens.replace(index, stream.shutdown_token());
         }
         stream
     }
 
-    fn one_stream(self) -> impl Stream<Item = Envelope<Received, PubsubAck>> + Send + 'static {
+    fn one_stream(
+        self,
+        index: usize,
+    ) -> impl Stream<Item = Envelope<Received, PubsubAck>> + Send + 'static {
         let backoff = Backoff::new(self.config.reopen_initial, self.config.reopen_max);
         futures::stream::unfold(
             (self, None::<MessageStream>, backoff),
-            |(src, mut current, mut backoff)| async move {
+            move |(src, mut current, mut backoff)| async move {
                 loop {
-                    let stream = current.get_or_insert_with(|| src.open());
+                    let stream = current.get_or_insert_with(|| src.open(index));
                     match stream.next().await {
                         Some(Ok((m, h))) => {
                             src.health.set_subscription(true);
@@ -172,7 +236,7 @@ impl PubsubSource {
     /// waits (up to `timeout`) until their acks have reached Pub/Sub.
     pub async fn flush_acks(&self, timeout: Duration) {
         let tokens: Vec<ShutdownToken> = match self.tokens.lock() {
-            Ok(mut t) => std::mem::take(&mut *t),
+            Ok(mut t) => t.take(),
             Err(_) => return,
         };
         let all = futures::future::join_all(tokens.iter().map(|t| t.shutdown()));
@@ -182,4 +246,11 @@ impl PubsubSource {
             );
         }
     }
+}
+
+/// The series this stage emits, zero-initialised at start-up.
+pub(crate) fn series() -> Vec<Series> {
+    let mut all = super::series::messages::<SourceOutcome>(stage::SOURCE);
+    all.extend(super::series::errors(stage::SOURCE, &[error_kind::STREAM]));
+    all
 }

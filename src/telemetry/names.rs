@@ -1,19 +1,20 @@
-//! Every metric name and label value the service exports, defined once.
+//! Every metric name, label key and shared label value the service exports,
+//! defined once.
 //!
-//! Emitters use the handles below ([`messages`], [`errors`], ...) rather than
-//! spelling names and label keys themselves, so a series is spelled the same
-//! way wherever it is touched. Label values come from here too: the constants
-//! of [`stage`], [`outcome`], [`error_kind`], [`cache`], [`reference`](mod@reference) and
-//! [`component`], and two enums that own their strings because they are
-//! data as well as labels: `Reason` (decode's, stored in `dead_letters.reason`)
-//! and each stage's `pipeline::Outcome` (whose `as_str` returns an
-//! [`outcome`] constant).
+//! Emitters use the metric names and label keys below, or the handles that
+//! spell them ([`messages`], [`errors`], ...), so a series is spelled the same
+//! way wherever it is touched. Shared label values come from here too: the
+//! constants of [`stage`], [`outcome`], [`error_kind`], [`cache`],
+//! [`reference`](mod@reference) and [`component`]. Some label values are
+//! owned by the enums they label, because they are data as well as labels or
+//! belong to the generic pipeline: decode's `Reason` (stored in
+//! `dead_letters.reason`), and the pipeline's own outcomes (`received`,
+//! `out`, and the settlements `ack` and `nack`).
 //!
-//! This module knows no stage types, so `crate::pipeline` can use it. Which
-//! series exist with which label values, for zero-initialisation, is
-//! [`super::series`].
+//! This module knows no stage and no pipeline type: strings only. Which
+//! series exist with which label values, for zero-initialisation, each stage
+//! declares itself (`stages::series`).
 
-use crate::pipeline::Settlement;
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 /// Messages through each stage: `{stage, outcome}`.
@@ -31,7 +32,7 @@ pub const CACHE_LOOKUPS_TOTAL: &str = "miniscan_cache_lookups_total";
 pub const CACHE_ENTRIES: &str = "miniscan_cache_entries";
 /// Messages received and not yet settled (gauge).
 pub const INFLIGHT_MESSAGES: &str = "miniscan_inflight_messages";
-/// Messages settled with the broker: `{kind}` = a [`Settlement`]'s `as_str`.
+/// Messages settled with the broker: `{kind}` = a settlement (`ack`, `nack`).
 pub const ACKS_TOTAL: &str = "miniscan_acks_total";
 /// Dead letters committed: `{reason}` = a `stages::decode::Reason`'s `as_str`.
 pub const DEAD_LETTERS_TOTAL: &str = "miniscan_dead_letters_total";
@@ -121,11 +122,11 @@ pub mod stage {
     pub const ACK: &str = "ack";
 }
 
-/// `outcome` label values. Each stage's outcomes are an enum implementing
-/// [`Outcome`](crate::pipeline::Outcome), whose `as_str` returns one of these.
+/// `outcome` label values of the stages' own outcomes. Each stage's outcomes
+/// are an enum implementing the pipeline's `Outcome`, whose `as_str` returns
+/// one of these. (The pipeline's outcomes spell theirs: `received`, `out`,
+/// `ack`, `nack`.)
 pub mod outcome {
-    /// source: delivered by the broker.
-    pub const RECEIVED: &str = "received";
     /// decode: a valid scan.
     pub const OK: &str = "ok";
     /// decode: malformed; write: its dead letter is committed.
@@ -134,15 +135,12 @@ pub mod outcome {
     pub const PASS: &str = "pass";
     /// dedup and write: not newer than what is committed.
     pub const STALE: &str = "stale";
-    /// batch: left in a batch.
-    pub const OUT: &str = "out";
     /// write: its row is committed.
     pub const STORED: &str = "stored";
     /// write: a newer observation of its key is committed.
     pub const SUPERSEDED: &str = "superseded";
-    /// ack: acked (also the `kind` of `miniscan_acks_total`).
-    pub const ACK: &str = "ack";
-    /// write: given up at shutdown; ack: nacked (also a `kind` of
+    /// write: given up at shutdown, to be nacked; the same string as the
+    /// pipeline's `Settlement::Nack` (the ack stage's outcome and a `kind` of
     /// `miniscan_acks_total`).
     pub const NACK: &str = "nack";
 }
@@ -157,7 +155,8 @@ pub mod error_kind {
     pub const REJECTED: &str = "rejected";
 }
 
-/// Every `{stage, kind}` pair of `miniscan_errors_total`.
+/// Every `{stage, kind}` pair of `miniscan_errors_total`, as the stages
+/// declare them (a test in `stages::series` checks).
 pub const ERRORS: &[(&str, &str)] = &[
     (stage::SOURCE, error_kind::STREAM),
     (stage::WRITE, error_kind::TRANSIENT),
@@ -203,24 +202,14 @@ pub fn errors(stage: &'static str, kind: &'static str) -> Counter {
     counter!(ERRORS_TOTAL, label::STAGE => stage, label::KIND => kind)
 }
 
-/// `miniscan_acks_total{kind}`.
-pub fn acks(kind: Settlement) -> Counter {
-    counter!(ACKS_TOTAL, label::KIND => kind.as_str())
-}
-
-/// `miniscan_dead_letters_total{reason}`.
-pub fn dead_letters(reason: &'static str) -> Counter {
-    counter!(DEAD_LETTERS_TOTAL, label::REASON => reason)
+/// `miniscan_acks_total{kind}`, a settlement's string (`ack`, `nack`).
+pub fn acks(kind: &'static str) -> Counter {
+    counter!(ACKS_TOTAL, label::KIND => kind)
 }
 
 /// `miniscan_cache_lookups_total{result}`, a [`cache`] value.
 pub fn cache_lookups(result: &'static str) -> Counter {
     counter!(CACHE_LOOKUPS_TOTAL, label::RESULT => result)
-}
-
-/// `miniscan_freshness_lag_seconds{reference}`, a [`reference`](mod@reference) value.
-pub fn freshness_lag(reference: &'static str) -> Histogram {
-    histogram!(FRESHNESS_LAG, label::REFERENCE => reference)
 }
 
 /// `miniscan_up{component}`, a [`component`] value.
@@ -246,16 +235,6 @@ pub fn cache_entries() -> Gauge {
 /// `miniscan_build_info{version}`.
 pub fn build_info(version: &'static str) -> Gauge {
     gauge!(BUILD_INFO, label::VERSION => version)
-}
-
-/// `miniscan_rows_written_total`.
-pub fn rows_written() -> Counter {
-    counter!(ROWS_WRITTEN_TOTAL)
-}
-
-/// `miniscan_write_duration_seconds`.
-pub fn write_duration() -> Histogram {
-    histogram!(WRITE_DURATION)
 }
 
 /// `miniscan_dead_letters_last_run_messages{command, result}`, one of

@@ -6,7 +6,7 @@ fn settings(vars: &[(&str, &str)]) -> Result<Option<Settings>, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Settings::from_lookup(|k| vars.get(k).cloned())
+    Settings::from_lookup(|k| vars.get(k).cloned()).map_err(|e| e.to_string())
 }
 
 #[test]

@@ -26,6 +26,7 @@ use super::{DeadLetter, Order, Received, Record, Scan, ScanKey};
 use crate::pipeline::Transform;
 use crate::pipeline::outcome::outcome_enum;
 use crate::telemetry::names::{outcome, stage};
+use crate::telemetry::series::Series;
 
 /// A decoded observation, before it is tied to a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +81,13 @@ outcome_enum! {
         /// Malformed: on to the write stage as a dead letter.
         DeadLetter => outcome::DEAD_LETTER,
     }
+}
+
+/// The series this stage emits, zero-initialised at start-up. (The dead
+/// letters of every [`Reason`] are counted when the write stage commits them:
+/// its series.)
+pub(crate) fn series() -> Vec<Series> {
+    super::series::messages::<DecodeOutcome>(stage::DECODE)
 }
 
 /// The decode stage.

@@ -69,7 +69,9 @@ use super::dedup::{CachedEntry, CommittedOrders};
 use super::{Record, Scan, now_micros};
 use crate::pipeline::{Acknowledge, Envelope, Outcome, Settle, Settlement, Shutdown, Sink};
 use crate::telemetry::Health;
-use crate::telemetry::names::{self, label, outcome, reference, stage};
+use crate::telemetry::names::{self, error_kind, label, outcome, reference, stage};
+use crate::telemetry::series::Series;
+use crate::traces::MessageContext;
 use commit::Committer;
 use layout::Layout;
 use metrics::{counter, histogram};
@@ -202,7 +204,7 @@ impl<S: BatchStore> WriteSink<S> {
 
     /// Writes a batch: every message with its verdict, and the task teaching
     /// the dedup cache the committed winners (if any).
-    async fn settle<A: Acknowledge>(
+    async fn settle<A: Acknowledge + MessageContext>(
         &self,
         batch: Vec<Envelope<Record, A>>,
     ) -> (Vec<Envelope<Written, A>>, Option<JoinHandle<()>>) {
@@ -251,7 +253,7 @@ impl<S: BatchStore> WriteSink<S> {
     }
 }
 
-impl<S: BatchStore, A: Acknowledge> Sink<A> for WriteSink<S> {
+impl<S: BatchStore, A: Acknowledge + MessageContext> Sink<A> for WriteSink<S> {
     type In = Record;
     type Out = Written;
 
@@ -307,4 +309,22 @@ impl Lag {
         self.scan.record(scan_lag.max(0.0));
         self.publish.record(publish_lag.max(0.0));
     }
+}
+
+/// The series this stage emits, zero-initialised at start-up: its outcomes,
+/// its errors, the dead letters it commits (by decode's reasons and its own),
+/// the rows it writes.
+pub(crate) fn series() -> Vec<Series> {
+    let mut all = super::series::messages::<Written>(stage::WRITE);
+    all.extend(super::series::errors(
+        stage::WRITE,
+        &[error_kind::TRANSIENT, error_kind::REJECTED],
+    ));
+    all.extend(
+        super::decode::Reason::ALL
+            .iter()
+            .map(|r| Series::counter(names::DEAD_LETTERS_TOTAL, &[(label::REASON, r.as_str())])),
+    );
+    all.push(Series::counter(names::ROWS_WRITTEN_TOTAL, &[]));
+    all
 }

@@ -18,7 +18,7 @@ use super::Written;
 use super::verdict::REJECTED_BY_DATABASE;
 use crate::pipeline::{Acknowledge, Envelope};
 use crate::stages::Record;
-use crate::traces;
+use crate::traces::{self, MessageContext};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Status, TraceContextExt as _};
 use tracing::Span;
@@ -26,7 +26,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The batch's `write` span, linked to its messages' contexts; `Span::none()`
 /// with tracing off.
-pub fn batch_span<A: Acknowledge>(batch: &[Envelope<Record, A>]) -> Span {
+pub fn batch_span<A: Acknowledge + MessageContext>(batch: &[Envelope<Record, A>]) -> Span {
     if !traces::enabled() {
         return Span::none();
     }
@@ -56,7 +56,11 @@ pub fn partitions(parts: usize) {
 }
 
 /// Records each message's fate on the batch span.
-pub fn settled<A: Acknowledge>(span: &Span, batch: &[Envelope<Record, A>], written: &[Written]) {
+pub fn settled<A: Acknowledge + MessageContext>(
+    span: &Span,
+    batch: &[Envelope<Record, A>],
+    written: &[Written],
+) {
     if span.is_none() || !sampled(span) {
         return;
     }
@@ -86,7 +90,7 @@ pub fn settled<A: Acknowledge>(span: &Span, batch: &[Envelope<Record, A>], writt
 }
 
 /// A `dead_letter` event for one message, with its trace id if it had one.
-fn dead_letter<A: Acknowledge>(span: &Span, env: &Envelope<Record, A>) {
+fn dead_letter<A: Acknowledge + MessageContext>(span: &Span, env: &Envelope<Record, A>) {
     let (message_id, reason) = match &env.payload {
         Record::Dead(d) => (d.message_id.clone(), d.reason),
         Record::Scan(s) => (s.order.message_id.to_string(), REJECTED_BY_DATABASE),
