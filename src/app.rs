@@ -8,7 +8,8 @@ mod signals;
 
 use crate::config::dead_letters::{PurgeArgs, ReplayArgs, StatsArgs};
 use crate::config::{
-    DeadLettersArgs, DeadLettersCommand, IngestArgs, IngestConfig, MigrateArgs, ScanArgs, SetupArgs,
+    DeadLettersArgs, DeadLettersCommand, IngestArgs, IngestConfig, MigrateArgs, ScanArgs,
+    ScanConfig, SetupArgs,
 };
 use crate::db;
 use crate::dead_letters::{self as dl, Filter, PurgeOptions, ReplayOptions, report};
@@ -65,8 +66,8 @@ pub async fn setup(args: SetupArgs) -> anyhow::Result<()> {
 
 /// `mini-scan scan`.
 pub async fn scan(args: ScanArgs) -> anyhow::Result<()> {
-    args.validate()?;
-    let out = crate::scan::publish(&args, signals::signal()).await?;
+    let config = ScanConfig::try_from(args)?;
+    let out = crate::scan::publish(&config, signals::signal()).await?;
     let secs = out.elapsed.as_secs_f64().max(1e-9);
     tracing::info!(
         published = out.ok,

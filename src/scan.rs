@@ -4,7 +4,7 @@
 //! load generator (rate, key space, duplicates, disorder, malformed messages,
 //! response size, seed).
 
-use crate::config::ScanArgs;
+use crate::config::ScanConfig;
 use crate::stages::decode::one_per_reason;
 use base64::Engine as _;
 use futures::StreamExt;
@@ -43,8 +43,8 @@ pub struct GenConfig {
     pub seed: Option<u64>,
 }
 
-impl From<&ScanArgs> for GenConfig {
-    fn from(a: &ScanArgs) -> Self {
+impl From<&ScanConfig> for GenConfig {
+    fn from(a: &ScanConfig) -> Self {
         Self {
             keys: a.keys,
             v1_ratio: a.v1_ratio,
@@ -175,7 +175,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn settle(&mut self, r: Result<String, google_cloud_pubsub::error::PublishError>) {
+    fn record(&mut self, r: Result<String, google_cloud_pubsub::error::PublishError>) {
         match r {
             Ok(_) => self.out.ok += 1,
             Err(e) => {
@@ -187,7 +187,8 @@ impl Tally {
 }
 
 /// Most publishes awaiting the server's answer: enough to keep the client's
-/// batches full at ~100k msg/s, few enough to bound memory.
+/// batches full at the fastest rate the scanner is asked for (the load
+/// generator's, docs/BENCHMARKS.md), few enough to bound memory.
 const MAX_PENDING: usize = 50_000;
 
 /// With tracing on, a `publish` span for one message (it lasts until the
@@ -219,11 +220,11 @@ fn traced(
 
 /// Publishes messages until `count` is reached or `stop` resolves.
 pub async fn publish(
-    args: &ScanArgs,
+    args: &ScanConfig,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Published> {
     use anyhow::Context as _;
-    let cfg = args.pubsub.config();
+    let cfg = &args.pubsub;
     let topic = cfg.topic_path(&args.topic);
     let publisher = cfg
         .publisher(&topic, args.publish_batch)
@@ -245,7 +246,7 @@ pub async fn publish(
                 tokio::select! {
                     _ = tokio::time::sleep_until(due) => {}
                     _ = &mut stop => break,
-                    Some(r) = pending.next(), if !pending.is_empty() => { tally.settle(r); continue; }
+                    Some(r) = pending.next(), if !pending.is_empty() => { tally.record(r); continue; }
                 }
             }
         } else if futures::poll!(&mut stop).is_ready() {
@@ -257,7 +258,7 @@ pub async fn publish(
         sent += 1;
         while pending.len() >= MAX_PENDING {
             if let Some(r) = pending.next().await {
-                tally.settle(r);
+                tally.record(r);
             }
         }
         if sent.is_multiple_of(10_000) {
@@ -265,7 +266,7 @@ pub async fn publish(
         }
     }
     while let Some(r) = pending.next().await {
-        tally.settle(r);
+        tally.record(r);
     }
     let Tally {
         mut out,

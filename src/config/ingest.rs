@@ -40,12 +40,15 @@ pub mod defaults {
     /// partitions.
     pub const DB_POOL_SIZE: u32 = WRITE_CONCURRENCY * WRITE_PARTITIONS;
     /// Several streams side by side, because the emulator and the service
-    /// both cap what one stream delivers (the emulator about 2k msg/s). 16
-    /// streams of 500 drained a backlog at 0.99-1.32x the best null consumer
-    /// where 8 of 1000 reached 0.65-0.93x (docs/BENCHMARKS.md, section 8).
+    /// both cap what one stream delivers. More, smaller streams drained a
+    /// backlog as fast as the best null consumer where fewer, larger ones
+    /// fell behind: the measurements are in docs/BENCHMARKS.md, section 8
+    /// (figures live there, with their commands, rather than here, where
+    /// they would go stale).
     pub const STREAMS: u32 = 16;
-    /// Per stream; with the streams, bounds the messages held in memory:
-    /// 16 x 500 keeps the 8,000-message window of the former 8 x 1000.
+    /// Per stream; with the streams, bounds the messages held in memory
+    /// ([`STREAMS`] times this: the same window as before the streams were
+    /// split, see docs/BENCHMARKS.md, section 8).
     pub const MAX_OUTSTANDING_MESSAGES: u32 = 500;
     /// Per stream: 5 MiB, so 16 streams keep the former 80 MiB window.
     pub const MAX_OUTSTANDING_BYTES: u64 = 5 * 1024 * 1024;

@@ -9,7 +9,7 @@
 //! * [`ingest`]: [`IngestArgs`] (the flags), its [`defaults`] and
 //!   [`IngestConfig`], the validated settings the `Ingester`
 //!   is built from (benches and tests construct it directly).
-//! * [`scan`]: [`ScanArgs`] and [`SetupArgs`].
+//! * [`scan`]: [`ScanArgs`] (validated into [`ScanConfig`]) and [`SetupArgs`].
 //! * [`dead_letters`]: [`DeadLettersArgs`], `stats`, `replay` and `purge`.
 
 pub mod dead_letters;
@@ -18,7 +18,7 @@ pub mod scan;
 
 pub use dead_letters::{DeadLettersArgs, DeadLettersCommand};
 pub use ingest::{IngestArgs, IngestConfig, defaults};
-pub use scan::{ScanArgs, SetupArgs};
+pub use scan::{ScanArgs, ScanConfig, SetupArgs};
 
 use clap::{Args, Parser, Subcommand};
 

@@ -2,6 +2,7 @@
 //! setup`, with the checks clap cannot express.
 
 use super::{BadSetting, PubsubArgs};
+use crate::pubsub::PubsubConfig;
 use clap::Args;
 
 /// `mini-scan scan`.
@@ -122,6 +123,58 @@ impl ScanArgs {
             ));
         }
         Ok(())
+    }
+}
+
+/// What `mini-scan scan` publishes, validated: no clap types, as
+/// `IngestConfig` is for the ingester.
+#[derive(Clone, Debug)]
+pub struct ScanConfig {
+    /// Where Pub/Sub is.
+    pub pubsub: PubsubConfig,
+    /// The topic: a short name or projects/P/topics/T.
+    pub topic: String,
+    /// Messages per second; 0 publishes as fast as possible.
+    pub rate: f64,
+    /// Stop after this many messages (None: never).
+    pub count: Option<u64>,
+    /// Messages per publish request, 1..=1000.
+    pub publish_batch: u32,
+    /// Size of the key space (None: the original scanner's).
+    pub keys: Option<u64>,
+    /// Fraction of messages in the V1 format.
+    pub v1_ratio: f64,
+    /// Fraction of exact repeats.
+    pub duplicate_ratio: f64,
+    /// Fraction of messages older than their key's newest.
+    pub out_of_order_ratio: f64,
+    /// Fraction of malformed messages.
+    pub malformed_ratio: f64,
+    /// Response size in bytes (None: "service response: N").
+    pub response_bytes: Option<usize>,
+    /// Random seed (None: random, wall-clock timestamps).
+    pub seed: Option<u64>,
+}
+
+impl TryFrom<ScanArgs> for ScanConfig {
+    type Error = BadSetting;
+
+    fn try_from(a: ScanArgs) -> Result<Self, BadSetting> {
+        a.validate()?;
+        Ok(Self {
+            pubsub: a.pubsub.config(),
+            topic: a.topic,
+            rate: a.rate,
+            count: a.count,
+            publish_batch: a.publish_batch,
+            keys: a.keys,
+            v1_ratio: a.v1_ratio,
+            duplicate_ratio: a.duplicate_ratio,
+            out_of_order_ratio: a.out_of_order_ratio,
+            malformed_ratio: a.malformed_ratio,
+            response_bytes: a.response_bytes,
+            seed: a.seed,
+        })
     }
 }
 
