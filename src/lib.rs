@@ -3,26 +3,33 @@
 //!
 //! # Layout
 //!
+//! Layers only look down (a test at the end of this file checks it):
+//!
 //! * [`pipeline`]: the generic stage machinery (envelopes carrying ack handles,
-//!   combinators, instrumentation, shutdown). Knows nothing about scans.
+//!   combinators, per-burst counting, two-phase shutdown). Knows nothing about
+//!   scans and imports nothing else of this crate: stage names, metrics and
+//!   tracing come from its caller through a [`pipeline::Observer`].
+//! * [`error`], [`traces`], [`logging`], [`pubsub`], [`db`], [`telemetry`]:
+//!   the lower layers, which import no stage and no pipeline.
+//!   [`error`] formats error chains on one line; [`traces`] is OpenTelemetry
+//!   (off by default); [`logging`] writes log lines as text or JSON
+//!   (`--log-format`); [`pubsub`] builds Pub/Sub clients (emulator aware) and
+//!   resource names; [`db`] connects (libpq's TLS parameters), pools,
+//!   migrates and grants; [`telemetry`] installs the metrics registry,
+//!   registers the series it is given and serves `/metrics`, `/healthz` and
+//!   `/readyz`.
 //! * [`stages`]: the concrete stages, one module each: source, decode, dedup,
-//!   batch, write, ack.
+//!   batch, write, ack; each declares the metric series it emits, and
+//!   [`stages::Metrics`] reports the pipeline's counts to the registry.
 //! * [`config`]: the command line (every setting is a flag with an env var)
-//!   and [`config::IngestConfig`], the validated settings of the ingester.
+//!   and the validated settings built from it ([`config::IngestConfig`],
+//!   [`config::ScanConfig`]).
 //! * [`ingester`]: the ingester, built from an `IngestConfig` then run until a
 //!   shutdown; it owns and stops its background tasks.
 //! * [`dead_letters`]: `mini-scan dead-letters stats | replay | purge`.
-//! * [`db`]: connecting (libpq's TLS parameters), the pool, migrations and
-//!   the ingest role's grants.
-//! * [`logging`]: log lines as text or JSON (`--log-format`).
-//! * [`error`]: formatting error chains on one line.
-//! * [`pubsub`]: building Pub/Sub clients (emulator aware) and resource names.
-//! * [`telemetry`]: logs, the metrics registry, and the `/metrics`, `/healthz`
-//!   and `/readyz` endpoints.
-//! * [`app`]: the subcommands (`migrate`, `ingest`, `scan`, `setup`,
-//!   `dead-letters`) wired up;
-//!   `ingest` adds signal handling to the [`ingester`].
 //! * [`scan`]: the synthetic scanner and load generator.
+//! * [`app`]: the subcommands (`migrate`, `ingest`, `scan`, `setup`,
+//!   `dead-letters`) wired up, with logging set-up and OS signal handling.
 
 #![warn(missing_docs, unreachable_pub)]
 
