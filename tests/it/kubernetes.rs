@@ -25,12 +25,11 @@
 //! Needs `kubectl` (with kustomize v5), Node.js with `npm ci --prefix
 //! tests/k8s` done, and binutils; `.ci/run` installs what is missing.
 
-mod stack;
-
-use serde_json::{Value, json};
-use stack::{
+use crate::stack;
+use crate::stack::{
     binary, dockerfile, help, help_mentions_env, help_mentions_flag, is_our_env, read, repo,
 };
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
