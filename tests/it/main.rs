@@ -1,9 +1,12 @@
 //! The integration tests: one test binary, a module per area, and the harness as plain modules.
 //!
 //! One binary links the crate once and runs the harness's own unit tests once (matklad's "Delete
-//! Cargo Integration Tests"); `Cargo.toml` sets `autotests = false` so that no other file under
-//! `tests/` becomes a binary by accident. Run one area with a filter on the module path, e.g.
-//! `cargo test --test it -- faults::`; list everything with `cargo test --test it -- --list`.
+//! Cargo Integration Tests"). Cargo finds it by itself (`tests/<name>/main.rs`), so `Cargo.toml`
+//! declares no `[[test]]`: a declared target's file must exist wherever the manifest is read, and
+//! the Dockerfile's build copies no `tests/` (the `compose` area checks that). Any `tests/*.rs`
+//! would become a binary of its own, so there is none. Run one area with a filter on the module
+//! path, e.g. `cargo test --test it -- faults::`; list everything with
+//! `cargo test --test it -- --list`.
 //!
 //! # Layout
 //!
@@ -17,9 +20,10 @@
 //! - One module per area, each a file beside this one: what the area's tests run and assert is
 //!   in its `//!` doc.
 //!
-//! A new area is a file `tests/it/<area>.rs` (with `use crate::common::...;` where an old-style
-//! test had `mod common;`) and one `mod <area>;` line below. Areas that start PostgreSQL also go
-//! into the PostgreSQL 18 filter list in `.ci/run`.
+//! A new area: `tests/it/<area>.rs` plus one `mod <area>;` line below; a file written the old way
+//! (`tests/<area>.rs` with `mod common;`) moves there with `mod common;` deleted and `common::`
+//! paths imported as `crate::common::`. An area that starts PostgreSQL also joins the PostgreSQL
+//! 18 filters in `.ci/run`.
 
 mod common;
 mod provision;
