@@ -18,7 +18,7 @@
 //! * the files agree with each other (ports, service names, datasource uid,
 //!   mount paths).
 //!
-//! `tests/observability.rs` then runs every dashboard query against a real
+//! `tests/it/observability.rs` then runs every dashboard query against a real
 //! Prometheus scraping a real ingester.
 
 use crate::stack;

@@ -8,7 +8,7 @@
 //!   packages pinned in `tests/k8s/package.json` (`tests/k8s/validate.mjs`);
 //!   misspelt fields are caught too, and only API versions a current cluster
 //!   serves are accepted;
-//! * the cross-checks `tests/compose.rs` makes for compose: every flag and env
+//! * the cross-checks `tests/it/compose.rs` makes for compose: every flag and env
 //!   var given to mini-scan is in its `--help`; ports and paths agree between
 //!   `MINISCAN_METRICS_ADDR`, the container port, the probes, the scrape
 //!   config and the routes the binary serves; the termination grace period
@@ -662,7 +662,7 @@ fn ack_flush_secs() -> u64 {
         None
     }
     find(&repo("src")).unwrap_or_else(|| {
-        panic!("`{NEEDLE}N)` not found under src/: tell tests/kubernetes.rs where the ack flush timeout went")
+        panic!("`{NEEDLE}N)` not found under src/: tell tests/it/kubernetes.rs where the ack flush timeout went")
     })
 }
 

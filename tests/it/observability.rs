@@ -10,7 +10,7 @@
 //!   while `/healthz` stays 200.
 //!
 //! Needs Debian's `prometheus` package (the server and promtool) besides what
-//! the shared harness in `tests/common` needs.
+//! the shared harness in `tests/it/common` needs.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
