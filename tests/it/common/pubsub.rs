@@ -68,6 +68,8 @@ fn area_emulator(area: &str) -> (String, Option<Arc<Emulator>>) {
     emulators.retain(|_, emulator| Arc::strong_count(emulator) > 1);
     static STOP_AT_EXIT: OnceLock<()> = OnceLock::new();
     STOP_AT_EXIT.get_or_init(|| provision::keep_until_exit(StopEmulators));
+    // Started under the lock, so that a second test of this area waits for this emulator rather
+    // than starting another (tests of areas already running wait too, for a few seconds).
     let emulator = match Emulator::start(Purpose::Tests) {
         Ok(emulator) => Arc::new(emulator),
         Err(e) => panic!("{}", FAILED.get_or_init(|| e.to_string())),
