@@ -1,8 +1,8 @@
 //! What the benchmarks share: a throwaway PostgreSQL cluster, a fresh Pub/Sub
 //! emulator, CPU clocks and peak-memory readings.
 //!
-//! The servers come from [`provision`] (`tests/provision/`, shared with the
-//! tests), with bench settings: PostgreSQL with durable commits (`fsync=on`,
+//! The servers come from [`provision`] (`tests/it/provision/`, shared with
+//! the tests), with bench settings: PostgreSQL with durable commits (`fsync=on`,
 //! `synchronous_commit=on`; the tests turn both off, which would overstate
 //! every write rate), binaries from `MINISCAN_BENCH_PG_BINDIR` (default
 //! PostgreSQL 15), and a fresh emulator per run (it slows down as topics and
@@ -11,7 +11,7 @@
 //! process dies, and are stopped when their handle drops.
 #![allow(dead_code)] // Each bench binary uses a different part.
 
-#[path = "../../tests/provision/mod.rs"]
+#[path = "../../tests/it/provision/mod.rs"]
 pub mod provision;
 
 use anyhow::Context as _;

@@ -13,7 +13,7 @@
 //    API does not have.
 //
 // Input on stdin: a JSON object mapping a label (which kustomization) to the
-// array of objects it renders (tests/kubernetes.rs renders them and converts
+// array of objects it renders (tests/it/kubernetes.rs renders them and converts
 // the YAML). Output: one line per problem, "label: Kind/name: problem"; exit
 // status 1 if there was any, 0 otherwise. An apiVersion/kind with no bundled
 // schema is a problem, never skipped.

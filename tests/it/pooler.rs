@@ -7,13 +7,12 @@
 //! Each test gets its own cluster and pgbouncer; the schema is applied directly on the cluster
 //! (`migrate` holds a session-level advisory lock, which a transaction-mode pooler cannot keep).
 
-mod common;
-
 use std::time::Duration;
 
-use common::provision::PgBouncer;
-use common::scans::{compare_tables, expected_table, generate, poisoned_batch, seeded_rng};
-use common::{DedicatedPostgres, Ingester, Scan, TestContext, wait_until};
+use crate::common;
+use crate::common::scans::{compare_tables, expected_table, generate, poisoned_batch, seeded_rng};
+use crate::common::{DedicatedPostgres, Ingester, Scan, TestContext, wait_until};
+use crate::provision::PgBouncer;
 
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
 const T0: i64 = 1_700_000_000;

@@ -7,10 +7,8 @@
 //! `cargo test --test traces -- --nocapture` prints the received spans as a
 //! tree (the README's "Traces" section shows one).
 
-#[allow(unused_imports)]
-mod common;
-
-use common::{TestContext, binary_command, run_to_completion, wait_until};
+use crate::common;
+use crate::common::{TestContext, binary_command, run_to_completion, wait_until};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };

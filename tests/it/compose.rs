@@ -18,16 +18,15 @@
 //! * the files agree with each other (ports, service names, datasource uid,
 //!   mount paths).
 //!
-//! `tests/observability.rs` then runs every dashboard query against a real
+//! `tests/it/observability.rs` then runs every dashboard query against a real
 //! Prometheus scraping a real ingester.
 
-mod stack;
-
-use serde_json::Value;
-use stack::{
+use crate::stack;
+use crate::stack::{
     PROMETHEUS_HINT, copy_args, dashboard_queries, dockerfile, help_mentions_env,
     help_mentions_flag, is_our_env, json, panels, read, repo, substitute, yaml,
 };
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;

@@ -8,7 +8,7 @@
 //!   packages pinned in `tests/k8s/package.json` (`tests/k8s/validate.mjs`);
 //!   misspelt fields are caught too, and only API versions a current cluster
 //!   serves are accepted;
-//! * the cross-checks `tests/compose.rs` makes for compose: every flag and env
+//! * the cross-checks `tests/it/compose.rs` makes for compose: every flag and env
 //!   var given to mini-scan is in its `--help`; ports and paths agree between
 //!   `MINISCAN_METRICS_ADDR`, the container port, the probes, the scrape
 //!   config and the routes the binary serves; the termination grace period
@@ -25,12 +25,11 @@
 //! Needs `kubectl` (with kustomize v5), Node.js with `npm ci --prefix
 //! tests/k8s` done, and binutils; `.ci/run` installs what is missing.
 
-mod stack;
-
-use serde_json::{Value, json};
-use stack::{
+use crate::stack;
+use crate::stack::{
     binary, dockerfile, help, help_mentions_env, help_mentions_flag, is_our_env, read, repo,
 };
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -664,7 +663,7 @@ fn ack_flush_secs() -> u64 {
         None
     }
     find(&repo("src")).unwrap_or_else(|| {
-        panic!("`{NEEDLE}N)` not found under src/: tell tests/kubernetes.rs where the ack flush timeout went")
+        panic!("`{NEEDLE}N)` not found under src/: tell tests/it/kubernetes.rs where the ack flush timeout went")
     })
 }
 

@@ -6,18 +6,17 @@
 //! (with today's reasons), the reports and the metrics file.
 //!
 //! Longer than our usual 400 lines: one file for the three commands, which share the fixtures
-//! (`mixed`, `many`) and the oracle (`newest`); the helpers that other binaries could use are in
-//! `tests/common/dead_letters.rs`.
-
-mod common;
+//! (`mixed`, `many`) and the oracle (`newest`); the helpers that other areas could use are in
+//! [`crate::common::dead_letters`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::dead_letters::{
+use crate::common;
+use crate::common::dead_letters::{
     Letter, Stored, command, insert_letters, insert_rows, letters, newest, run, stored_rows,
 };
-use common::{Scan, TestDb};
+use crate::common::{Scan, TestDb};
 use mini_scan::stages::decode::MALFORMED;
 use rand::Rng as _;
 use tokio::io::AsyncBufReadExt as _;

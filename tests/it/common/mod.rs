@@ -5,45 +5,44 @@
 //!
 //! - `mod.rs` (this file): [`TestContext`], which gives one test its own freshly migrated database
 //!   and its own topic and subscription; [`wait_until`]; the binary under test as a command.
-//! - [`provision`] (`tests/provision/`, shared with `benches/support`): starting throwaway
-//!   PostgreSQL clusters and emulators, free ports, children that die with the test binary, log
-//!   tails.
-//! - [`postgres`]: the PostgreSQL server shared by a test binary (a throwaway cluster, or the server
-//!   named by `DATABASE_URL`), a dedicated cluster that a test may stop and start, per-test
+//! - [`postgres`]: the PostgreSQL server the test binary shares (a throwaway cluster, or the
+//!   server named by `DATABASE_URL`), a dedicated cluster that a test may stop and start, per-test
 //!   databases and row queries.
-//! - [`pubsub`]: the emulator shared by a test binary (started by [`provision`], or the one named by
-//!   `PUBSUB_EMULATOR_HOST`) and a small REST client for topics, subscriptions, publish and pull,
-//!   and for counting what is unacknowledged (snapshot and seek, which take nothing from the
-//!   ingesters).
+//! - [`pubsub`]: the emulator an area's tests share (started by [`crate::provision`], or the one
+//!   named by `PUBSUB_EMULATOR_HOST`) and a small REST client for topics, subscriptions, publish
+//!   and pull, and for counting what is unacknowledged (snapshot and seek, which take nothing from
+//!   the ingesters).
 //! - [`dead_letters`]: dead letters and rows inserted as an older ingester left them, and
 //!   `mini-scan dead-letters` as a child process.
 //! - [`ingester`]: runs `mini-scan ingest` as a child process, sends it signals, waits for it and
 //!   scrapes its `/metrics`.
 //! - [`scans`]: builds scan messages (valid and malformed) and computes the table that a set of
 //!   published scans must converge to.
+//! - [`tls`]: certificates made at test time, and TLS switched on in a dedicated cluster.
 //!
-//! Servers start once per test binary and are shared by its tests; every test isolates itself with
-//! random database, topic and subscription names. When a server cannot be had, the test fails with
-//! a message that says what to install or which variable to set: nothing is skipped.
-#![allow(dead_code)] // Each test binary uses a different part of the harness.
+//! Servers start on first use: PostgreSQL once for the test binary, the emulator once per area
+//! (see [`pubsub`] for why). Every test isolates itself with random database, topic and
+//! subscription names, and a test that stops or restarts PostgreSQL does it on a
+//! [`DedicatedPostgres`] of its own. When a server cannot be had, the test fails with a message
+//! that says what to install or which variable to set: nothing is skipped.
 
 pub mod dead_letters;
 pub mod ingester;
 pub mod postgres;
-#[path = "../provision/mod.rs"]
-pub mod provision;
 pub mod pubsub;
 pub mod scans;
+pub mod tls;
 
 use std::collections::BTreeMap;
+use std::panic::Location;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub use crate::provision::{die_with_parent, free_port, random_name, tail};
 pub use ingester::Ingester;
 pub use postgres::{DedicatedPostgres, TestDb};
-pub use provision::{die_with_parent, free_port, random_name, tail};
 pub use pubsub::PubSub;
 pub use scans::{Key, Scan};
 
@@ -68,21 +67,30 @@ pub struct TestContext {
 }
 
 impl TestContext {
-    /// A context on the PostgreSQL server shared by this test binary.
-    pub async fn new() -> Self {
-        let db = TestDb::create_on_shared().await;
-        Self::with_db(db).await
+    /// A context on the PostgreSQL server the test binary shares, with a topic on the emulator of
+    /// the calling test's area (see [`pubsub`]).
+    #[track_caller]
+    pub fn new() -> impl Future<Output = Self> {
+        let area = pubsub::area(Location::caller());
+        async move {
+            let db = TestDb::create_on_shared().await;
+            Self::with_db(db, &area).await
+        }
     }
 
     /// A context whose database lives on `pg`, a cluster this test may stop and start.
-    pub async fn on_dedicated(pg: &DedicatedPostgres) -> Self {
-        let db = TestDb::create_on(pg.admin_url()).await;
-        Self::with_db(db).await
+    #[track_caller]
+    pub fn on_dedicated(pg: &DedicatedPostgres) -> impl Future<Output = Self> {
+        let area = pubsub::area(Location::caller());
+        async move {
+            let db = TestDb::create_on(pg.admin_url()).await;
+            Self::with_db(db, &area).await
+        }
     }
 
-    async fn with_db(db: TestDb) -> Self {
+    async fn with_db(db: TestDb, area: &str) -> Self {
         db.migrate().await;
-        let pubsub = PubSub::shared().await;
+        let pubsub = PubSub::of_area(area);
         let topic = random_name("topic");
         let subscription = random_name("sub");
         pubsub.create_topic(&topic).await;

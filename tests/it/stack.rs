@@ -1,8 +1,7 @@
 //! Reading the "run and watch it" stack's files (`docker-compose.yml`,
 //! `prometheus/prometheus.yml`, the Grafana dashboard, the `Dockerfile`) and
-//! asking the real binary's `--help` what it accepts; shared by
-//! `tests/compose.rs`, `tests/observability.rs` and `tests/kubernetes.rs`.
-#![allow(dead_code)] // Each test binary uses a different part.
+//! asking the real binary's `--help` what it accepts; for the areas
+//! [`crate::compose`], [`crate::observability`] and [`crate::kubernetes`].
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

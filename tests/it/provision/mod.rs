@@ -2,9 +2,9 @@
 //! Google's Pub/Sub emulator, each a child process on a free port that dies with the process that
 //! started it.
 //!
-//! Shared by `tests/common` (`#[path = "../provision/mod.rs"]`) and `benches/support`
-//! (`#[path = "../../tests/provision/mod.rs"]`). Cargo does not build this directory as a test
-//! target: it has no `main.rs`.
+//! A module of the test binary (`tests/it/main.rs`), used by [`crate::common`], and included by
+//! `benches/support` with `#[path = "../../tests/it/provision/mod.rs"]`: so it names only its own
+//! submodules (`super::`), never the rest of either crate.
 //!
 //! # Layout
 //!
@@ -22,7 +22,7 @@
 //!
 //! Every start-up failure is an [`Error`] whose message names what is missing and how to get it;
 //! callers panic with it (tests) or return it (benches): nothing is skipped.
-#![allow(dead_code)] // Each test and bench binary uses a different part.
+#![allow(dead_code)] // The tests and each bench binary use different parts.
 
 pub mod database;
 pub mod emulator;
@@ -37,7 +37,7 @@ use std::path::Path;
 
 use rand::Rng as _;
 
-// Each binary uses a different part of what is re-exported here.
+// The tests and each bench binary use different parts of what is re-exported here.
 #[allow(unused_imports)]
 pub use {
     database::{Database, connect, create_database, with_dbname},

@@ -1,11 +1,9 @@
-//! End-to-end tests of `mini-scan ingest` on the PostgreSQL server and Pub/Sub emulator that this
-//! test binary shares: what ends up in `scan_results` and `dead_letters` for what was published,
+//! End-to-end tests of `mini-scan ingest` on the shared PostgreSQL server and this area's Pub/Sub
+//! emulator: what ends up in `scan_results` and `dead_letters` for what was published,
 //! and that everything published is acknowledged.
 //!
 //! Every test gets its own database, topic and subscription (see `common`), runs the real binary,
 //! and waits on observable state (rows, `/metrics`) with deadlines, never with sleeps.
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,10 +16,11 @@ use mini_scan::telemetry::names::{
 };
 use serde_json::json;
 
-use common::scans::{
+use crate::common;
+use crate::common::scans::{
     compare_tables, expected_table, generate, poisoned_batch, seeded_rng, unindexable_scan,
 };
-use common::{Ingester, PubSub, Scan, TestContext, TestDb, wait_until};
+use crate::common::{Ingester, PubSub, Scan, TestContext, TestDb, wait_until};
 
 /// Processing a few thousand messages takes seconds; the margin is for a busy two-core machine.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);

@@ -1,9 +1,9 @@
-//! PostgreSQL for the tests: the server a test binary shares, a dedicated cluster a test may stop
+//! PostgreSQL for the tests: the server the test binary shares, a dedicated cluster a test may stop
 //! and start, per-test databases, and queries on the tables the ingester writes.
 //!
 //! The shared server is the one named by `DATABASE_URL` in the test run's environment, if set;
-//! otherwise a throwaway [`Cluster`] (see [`super::provision`]: PostgreSQL 15, or the bin directory
-//! named by `MINISCAN_TEST_PG_BINDIR`), started once per test binary and stopped when it exits.
+//! otherwise a throwaway [`Cluster`] (see [`crate::provision`]: PostgreSQL 15, or the bin directory
+//! named by `MINISCAN_TEST_PG_BINDIR`), started once for the test binary and stopped when it exits.
 //! Each server's version is printed once, to stderr.
 
 use std::collections::BTreeMap;
@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::provision::{self, Cluster, PgOptions, Purpose};
 use super::{Key, binary_command};
+use crate::provision::{self, Cluster, PgOptions, Purpose};
 
-pub use super::provision::connect;
+pub use crate::provision::connect;
 
 /// The URL of the shared server's `postgres` database, from which test databases are created.
 fn shared_admin_url() -> &'static str {

@@ -2,10 +2,9 @@
 //! at test time with rcgen; a second CA nobody trusts; and turning TLS on in a dedicated cluster
 //! with a `pg_hba.conf` of `hostssl` lines.
 //!
-//! Included by the test binaries that need it with `#[path = "common/tls.rs"] mod tls;` (it is
-//! not part of `common`, whose layout another change rewrites). TLS is switched on in a running
-//! [`DedicatedPostgres`] through SQL (`ALTER SYSTEM`, the files written into its data directory,
-//! `pg_reload_conf()`), so the shared cluster starter needs no TLS options.
+//! TLS is switched on in a running [`DedicatedPostgres`] through SQL (`ALTER SYSTEM`, the files
+//! written into its data directory, `pg_reload_conf()`), so the shared cluster starter needs no
+//! TLS options.
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};

@@ -3,12 +3,9 @@
 //! at start-up, with one line naming the file and the variable. Nothing here reaches Google: the
 //! check comes before any client is built.
 
-#[allow(unused_imports)] // Not every test binary uses every re-export.
-mod common;
-
 use std::time::Duration;
 
-use common::binary_command;
+use crate::common::binary_command;
 
 async fn run(args: &[&str], credentials: &std::path::Path) -> std::process::Output {
     let mut cmd = binary_command();

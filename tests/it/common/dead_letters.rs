@@ -1,4 +1,4 @@
-//! For `tests/dead_letters.rs`: dead letters and rows written straight into a test database, as an
+//! For [`crate::dead_letters`]: dead letters and rows written straight into a test database, as an
 //! older ingester would have left them, and `mini-scan dead-letters ...` run as a child process.
 
 use std::collections::BTreeMap;

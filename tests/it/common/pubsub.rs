@@ -1,18 +1,27 @@
 //! The Pub/Sub emulator for the tests, and a small client for its REST API.
 //!
-//! The emulator a test binary shares is the one named by `PUBSUB_EMULATOR_HOST` in the test run's
-//! environment, if set; otherwise Google's emulator (or the launcher named by
-//! `MINISCAN_TEST_PUBSUB_EMULATOR`), started once per test binary on a free port by
-//! [`super::provision`] and stopped when the binary exits.
-//! One per binary is right: the emulator slows down when many topics and subscriptions pile up in
-//! it, and a JVM takes seconds to start.
+//! The emulator a test uses is the one named by `PUBSUB_EMULATOR_HOST` in the test run's
+//! environment, if set; otherwise its area's: Google's emulator (or the launcher named by
+//! `MINISCAN_TEST_PUBSUB_EMULATOR`), started on a free port by [`crate::provision`] when the area's
+//! first test asks for it. The area is the file of the test that asks (`faults` for
+//! `tests/it/faults.rs`, found with `#[track_caller]`), so tests need not name it.
+//!
+//! One emulator per area, as there was one per test binary before the areas became modules of one
+//! binary: the emulator slows down as topics and subscriptions pile up in it and stalls when reused
+//! for long, and a JVM takes seconds to start. Tests run in the order of their names, so an area's
+//! tests run together; when an area starts its emulator, the emulators no test holds any more
+//! (areas that are done) are stopped, so a run keeps about two alive rather than one per area.
+//! The last ones stop when the test binary exits.
 //!
 //! What the emulator does that the tests must know: one pull returns at most 100 messages; the
 //! messages of one publish request share a publish time (millisecond precision); message ids are
 //! a decimal counter shared by all topics; and the streaming pulls of a process that was killed go
 //! on taking messages (see [`PubSub::replace_subscription`]).
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::panic::Location;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -20,27 +29,61 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
 use super::PROJECT;
-use super::provision::{self, Emulator, Purpose};
+use crate::provision::{self, Emulator, Purpose};
 
 /// Messages per publish request: well under the API's 1000-message and 10 MB limits for the
 /// payload sizes the tests use.
 const PUBLISH_BATCH: usize = 1000;
 
-/// `host:port` of the emulator shared by this test binary.
-fn shared_host() -> &'static str {
-    static SHARED: OnceLock<Result<String, provision::Error>> = OnceLock::new();
-    let shared = SHARED.get_or_init(|| {
-        if let Ok(host) = std::env::var("PUBSUB_EMULATOR_HOST") {
-            return Ok(host);
-        }
-        let emulator = Emulator::start(Purpose::Tests)?;
-        let host = emulator.host.clone();
-        provision::keep_until_exit(emulator);
-        Ok(host)
-    });
-    match shared {
-        Ok(host) => host,
-        Err(e) => panic!("{e}"),
+/// The running emulators, by area.
+static EMULATORS: Mutex<BTreeMap<String, Arc<Emulator>>> = Mutex::new(BTreeMap::new());
+
+/// The area of a test, from the location of its call to a `#[track_caller]` function: the stem of
+/// its file (`faults` for `tests/it/faults.rs`).
+pub fn area(caller: &Location<'_>) -> String {
+    let file = Path::new(caller.file());
+    file.file_stem().map_or_else(
+        || caller.file().to_owned(),
+        |stem| stem.to_string_lossy().into_owned(),
+    )
+}
+
+/// `host:port` of `area`'s emulator, and the handle that keeps it running (none when
+/// `PUBSUB_EMULATOR_HOST` names the emulator).
+fn area_emulator(area: &str) -> (String, Option<Arc<Emulator>>) {
+    if let Ok(host) = std::env::var("PUBSUB_EMULATOR_HOST") {
+        return (host, None);
+    }
+    // After one failed start every later test fails at once, not after its own start timeout.
+    static FAILED: OnceLock<String> = OnceLock::new();
+    if let Some(failure) = FAILED.get() {
+        panic!("{failure}");
+    }
+    let mut emulators = EMULATORS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(emulator) = emulators.get(area) {
+        return (emulator.host.clone(), Some(emulator.clone()));
+    }
+    // Held by the map alone: its area is done (or one of its tests is between two contexts, and
+    // its next context gets a fresh emulator, as a new area would).
+    emulators.retain(|_, emulator| Arc::strong_count(emulator) > 1);
+    static STOP_AT_EXIT: OnceLock<()> = OnceLock::new();
+    STOP_AT_EXIT.get_or_init(|| provision::keep_until_exit(StopEmulators));
+    // Started under the lock, so that a second test of this area waits for this emulator rather
+    // than starting another (tests of areas already running wait too, for a few seconds).
+    let emulator = match Emulator::start(Purpose::Tests) {
+        Ok(emulator) => Arc::new(emulator),
+        Err(e) => panic!("{}", FAILED.get_or_init(|| e.to_string())),
+    };
+    emulators.insert(area.to_owned(), emulator.clone());
+    (emulator.host.clone(), Some(emulator))
+}
+
+/// Stops the emulators still running when the test binary exits: statics are never dropped.
+struct StopEmulators;
+
+impl Drop for StopEmulators {
+    fn drop(&mut self) {
+        EMULATORS.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -63,12 +106,21 @@ pub struct PubSub {
     pub host: String,
     http: reqwest::Client,
     base: String,
+    /// Keeps the area's emulator running while a client for it exists.
+    _emulator: Option<Arc<Emulator>>,
 }
 
 impl PubSub {
-    /// The client for the emulator shared by this test binary (started on first use).
-    pub async fn shared() -> Self {
-        let host = shared_host().to_owned();
+    /// The client for the emulator of the calling test's area (started on first use).
+    #[track_caller]
+    pub fn shared() -> impl Future<Output = Self> {
+        let area = area(Location::caller());
+        async move { Self::of_area(&area) }
+    }
+
+    /// The client for `area`'s emulator (started on first use, which blocks for seconds).
+    pub fn of_area(area: &str) -> Self {
+        let (host, emulator) = area_emulator(area);
         Self {
             base: format!("http://{host}/v1/projects/{PROJECT}"),
             host,
@@ -77,6 +129,7 @@ impl PubSub {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("build an HTTP client"),
+            _emulator: emulator,
         }
     }
 

@@ -3,12 +3,9 @@
 //! `migrate` runs, a changed migration is refused by name, a failed one leaves nothing behind,
 //! and a database made by the old runner (`schema_migrations`) upgrades with no manual step.
 
-#[allow(unused_imports)] // Not every test binary uses every re-export.
-mod common;
-
 use std::time::Duration;
 
-use common::{TestDb, binary_command};
+use crate::common::{TestDb, binary_command};
 use mini_scan::db::{self, MigrateError, Migration};
 
 /// A migration that fails if applied twice.

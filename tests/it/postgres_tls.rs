@@ -7,17 +7,14 @@
 //! cluster, the URLs with the password, `migrate` and its one-line failures), and one binary
 //! keeps CI from linking another.
 
-mod common;
-#[path = "common/tls.rs"]
-mod tls;
-
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{DedicatedPostgres, TestContext, TestDb, binary_command, wait_until};
+use crate::common;
+use crate::common::tls::{CERT_USER, HBA, Pki, enable_tls, port};
+use crate::common::{DedicatedPostgres, TestContext, TestDb, binary_command, wait_until};
 use mini_scan::telemetry::names;
-use tls::{CERT_USER, HBA, Pki, enable_tls, port};
 
 /// The ingest role's password: distinctive, so that finding it in any output is a leak.
 const PASSWORD: &str = "Xy9-pw-NEVER-printed-31337";

@@ -10,10 +10,7 @@
 //!   while `/healthz` stays 200.
 //!
 //! Needs Debian's `prometheus` package (the server and promtool) besides what
-//! the shared harness in `tests/common` needs.
-
-mod common;
-mod stack;
+//! the shared harness in `tests/it/common` needs.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -24,9 +21,11 @@ use mini_scan::telemetry::names;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use common::{
+use crate::common;
+use crate::common::{
     DedicatedPostgres, Ingester, Scan, TestContext, binary_command, free_port, wait_until,
 };
+use crate::stack;
 
 /// The scrape (and evaluation) interval of the test's Prometheus: short, so
 /// the test waits for seconds, not minutes.

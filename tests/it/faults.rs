@@ -2,15 +2,14 @@
 //! replicas. Each ends by checking that the table is exactly the newest scan of every key that was
 //! published, and that nothing is left unacknowledged.
 //!
-//! A separate test binary from `ingest.rs`, with its own emulator and PostgreSQL server, so that
-//! the heavier traffic here does not slow those tests down.
-
-mod common;
+//! An area apart from [`crate::ingest`], with its own emulator (see [`crate::common::pubsub`]), so
+//! that the heavier traffic here does not slow those tests down.
 
 use std::time::Duration;
 
-use common::scans::{Table, compare_tables, expected_table, generate, seeded_rng};
-use common::{DedicatedPostgres, Ingester, Scan, TestContext, TestDb, wait_until};
+use crate::common;
+use crate::common::scans::{Table, compare_tables, expected_table, generate, seeded_rng};
+use crate::common::{DedicatedPostgres, Ingester, Scan, TestContext, TestDb, wait_until};
 
 /// Tens of thousands of messages on a debug build, on two cores, possibly after an ack deadline
 /// runs out (a crashed ingester's leases).

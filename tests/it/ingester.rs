@@ -3,8 +3,6 @@
 //! Runs against the real PostgreSQL and Pub/Sub emulator of `common`, and checks that nothing the
 //! ingester started outlives the run.
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -13,9 +11,9 @@ use mini_scan::ingester::Ingester;
 use mini_scan::pipeline::Shutdown;
 use mini_scan::pubsub::PubsubConfig;
 
-use common::ingester::metric_sum;
-use common::scans::{compare_tables, expected_table, generate, seeded_rng};
-use common::{PROJECT, Scan, TestContext, wait_until};
+use crate::common::ingester::metric_sum;
+use crate::common::scans::{compare_tables, expected_table, generate, seeded_rng};
+use crate::common::{PROJECT, Scan, TestContext, wait_until};
 
 /// A few hundred messages on a debug build; the margin is for a busy two-core machine.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
