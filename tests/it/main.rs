@@ -40,4 +40,5 @@ mod migrations;
 mod observability;
 mod pooler;
 mod postgres_tls;
+mod reopen;
 mod traces;

@@ -6,14 +6,11 @@
 //! with NOT_FOUND, a permanent error, so the source reopens each stream with backoff, as it would
 //! through a long outage of the service. Against the real emulator, with no mocks.
 
-#[allow(unused_imports)] // The harness re-exports what other test binaries use.
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{PROJECT, PubSub, random_name, wait_until};
+use crate::common::{PROJECT, PubSub, random_name, wait_until};
 use futures::StreamExt;
 use mini_scan::pipeline::{Acknowledge, Shutdown};
 use mini_scan::pubsub::PubsubConfig;
