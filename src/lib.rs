@@ -7,6 +7,9 @@
 //!   combinators, instrumentation, shutdown). Knows nothing about scans.
 //! * [`stages`]: the concrete stages, one module each: source, decode, dedup,
 //!   batch, write, ack.
+//! * [`store`]: the newest-wins upsert into PostgreSQL (layout, SQL,
+//!   retries, isolation of rejected rows, verdicts), shared by the write
+//!   stage and `dead-letters replay`.
 //! * [`config`]: the command line (every setting is a flag with an env var)
 //!   and [`config::IngestConfig`], the validated settings of the ingester.
 //! * [`ingester`]: the ingester, built from an `IngestConfig` then run until a
@@ -37,6 +40,7 @@ pub mod pipeline;
 pub mod pubsub;
 pub mod scan;
 pub mod stages;
+pub mod store;
 pub mod telemetry;
 pub mod traces;
 

@@ -5,6 +5,10 @@
 //! source ─▶ decode ─▶ dedup ─▶ batch ─▶ write ─▶ ack
 //! Received  Record    Record   Vec<..>  Written  (settled)
 //! ```
+//!
+//! The write stage commits through the [`store`](crate::store), which
+//! `dead-letters replay` shares. [`Reason`] is the one list of why a message
+//! is a dead letter, for decode and the store alike.
 
 pub mod ack;
 pub mod batch;
@@ -12,8 +16,11 @@ pub mod decode;
 pub mod dedup;
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod reason;
 pub mod source;
 pub mod write;
+
+pub use reason::Reason;
 
 use bytes::Bytes;
 use compact_str::CompactString;
@@ -87,8 +94,8 @@ pub struct Scan {
 pub struct DeadLetter {
     /// The broker's message id (the dead letter's primary key).
     pub message_id: String,
-    /// Why: a [`decode::Reason`]'s code (`as_str`).
-    pub reason: &'static str,
+    /// Why (stored as its `as_str` code).
+    pub reason: Reason,
     /// A human-readable explanation.
     pub detail: String,
     /// The exact message data.

@@ -10,16 +10,20 @@
 //! `data_version: 1` with `data.response_bytes_utf8` (base64) or
 //! `data_version: 2` with `data.response_str`. Unknown fields are ignored.
 //!
-//! Layout: `reason.rs` (why a message is a dead letter), `wire.rs` (the JSON
-//! format, parsed field by field), `malformed.rs` (examples of every reason,
-//! shared with `scan` and the integration tests), and here the stage.
+//! Layout: `rejection.rs` (the error for a message that does not decode, with
+//! its [`Reason`]), `wire.rs` (the JSON format, parsed field by field),
+//! `malformed.rs` (examples of every reason, shared with `scan` and the
+//! integration tests), and here the stage.
 
 mod malformed;
-mod reason;
+mod rejection;
 mod wire;
 
+/// Re-exported from [`crate::stages::Reason`], their one home, for the
+/// callers that name decode's reasons.
+pub use super::Reason;
 pub use malformed::{MALFORMED, Malformed, one_per_reason};
-pub use reason::{Reason, Rejection};
+pub use rejection::Rejection;
 pub use wire::decode;
 
 use super::{DeadLetter, Order, Received, Record, Scan, ScanKey};
@@ -115,7 +119,7 @@ impl Transform for Decode {
             Err(rejection) => (
                 Record::Dead(DeadLetter {
                     message_id: msg.message_id,
-                    reason: rejection.reason.as_str(),
+                    reason: rejection.reason,
                     detail: rejection.detail,
                     payload: msg.data,
                     published_micros: msg.published_micros,

@@ -1,9 +1,8 @@
-//! The write stage's retry policy: what is permanent, how long to wait, when
-//! to give up.
+//! The retry policy: what is permanent, how long to wait, when to give up.
 //!
 //! * A failure that is the data's fault (SQLSTATE classes 22, 23, 54, see
 //!   [`is_data_sqlstate`]) is not retried: the rows are handed back to be
-//!   isolated ([`super::isolate`]).
+//!   isolated (bisected, see [`super::commit`]).
 //! * Any other failure (no answer at all, or any other SQLSTATE: a lost
 //!   connection, a server restarting, a deadlock, a missing table or
 //!   permission) is transient: retried with capped exponential backoff,
@@ -16,14 +15,13 @@
 //! Health: the database is down (`/readyz`) after a transient failure and up
 //! again after any answer, success or rejection.
 //!
-//! Metrics: `miniscan_errors_total{stage="write",kind="transient"|"rejected"}`.
+//! The policy keeps no metrics: it tells its owner of every failed attempt,
+//! with the step it took ([`Retry::on_failure`]), and the owner counts.
 
-use super::store::StoreFault;
+use super::commit::StoreFault;
 use crate::error::Chain;
 use crate::pipeline::{Backoff, Shutdown};
 use crate::telemetry::Health;
-use crate::telemetry::names::{self, error_kind, label, stage};
-use metrics::counter;
 use std::future::Future;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
@@ -33,13 +31,13 @@ use tracing::Instrument as _;
 /// rejects), 23 integrity constraint violation (a CHECK), 54 program limit
 /// exceeded (a value too large to index or store). Retrying the same rows
 /// cannot succeed, so they are isolated and dead-lettered.
-pub(crate) fn is_data_sqlstate(code: &SqlState) -> bool {
+pub(super) fn is_data_sqlstate(code: &SqlState) -> bool {
     matches!(code.code().get(..2), Some("22" | "23" | "54"))
 }
 
 /// What to do after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Step {
+pub enum Step {
     /// The data is at fault: stop, and let the caller isolate the rows.
     Reject,
     /// Transient: wait, then try again.
@@ -50,7 +48,7 @@ pub(crate) enum Step {
 
 /// The policy's pure core: the next step after a failure with `code` (`None`:
 /// no answer), with shutdown `aborted` or not.
-pub(crate) fn step(code: Option<&SqlState>, aborted: bool) -> Step {
+pub(super) fn step(code: Option<&SqlState>, aborted: bool) -> Step {
     match code {
         Some(code) if is_data_sqlstate(code) => Step::Reject,
         _ if aborted => Step::GiveUp,
@@ -60,41 +58,48 @@ pub(crate) fn step(code: Option<&SqlState>, aborted: bool) -> Step {
 
 /// Why rows could not be committed.
 #[derive(Debug)]
-pub(crate) enum Failure<E> {
+pub(super) enum Failure<E> {
     /// The database rejected them for their data (permanent).
     Rejected(E),
     /// Shutdown was aborted while the database kept failing.
     GaveUp,
 }
 
-/// Retries attempts as the policy says, keeping health and counters.
+/// Retries attempts as the policy says, keeping the database's health.
 #[derive(Clone, Debug)]
-pub(crate) struct Retry {
+pub struct Retry {
     initial: Duration,
     max: Duration,
     health: Health,
     shutdown: Shutdown,
+    on_failure: fn(Step),
 }
 
 impl Retry {
-    /// Waits start at `initial` and double up to `max`.
-    pub(crate) fn new(
-        initial: Duration,
-        max: Duration,
-        health: Health,
-        shutdown: Shutdown,
-    ) -> Self {
+    /// Waits start at `initial` and double up to `max`; `health` says whether
+    /// the database answers; once `shutdown` is aborted, transient failures
+    /// give up.
+    pub fn new(initial: Duration, max: Duration, health: Health, shutdown: Shutdown) -> Self {
         Self {
             initial,
             max,
             health,
             shutdown,
+            on_failure: |_| {},
+        }
+    }
+
+    /// Tells `observe` of every failed attempt, with the step taken after it.
+    pub fn on_failure(self, observe: fn(Step)) -> Self {
+        Self {
+            on_failure: observe,
+            ..self
         }
     }
 
     /// Runs `attempt` until it succeeds, is rejected, or is given up; `rows`
     /// is for the log.
-    pub(crate) async fn run<T, E, F, Fut>(
+    pub(super) async fn run<T, E, F, Fut>(
         &self,
         rows: usize,
         mut attempt: F,
@@ -119,13 +124,7 @@ impl Retry {
             };
             let step = step(e.sqlstate(), self.shutdown.is_aborted());
             failed(&span, step, e.sqlstate());
-            let kind = if step == Step::Reject {
-                error_kind::REJECTED
-            } else {
-                error_kind::TRANSIENT
-            };
-            counter!(names::ERRORS_TOTAL, label::STAGE => stage::WRITE, label::KIND => kind)
-                .increment(1);
+            (self.on_failure)(step);
             self.health.set_database(step == Step::Reject);
             match step {
                 Step::Reject => return Err(Failure::Rejected(e)),
@@ -184,7 +183,7 @@ fn failed(span: &tracing::Span, step: Step, code: Option<&SqlState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::write::store::Injected;
+    use crate::store::commit::Injected;
     use proptest::prelude::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::Instant;
