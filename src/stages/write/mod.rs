@@ -175,15 +175,13 @@ impl<S: BatchStore> WriteSink<S> {
         batch: Vec<Envelope<Record, A>>,
     ) -> (Vec<Envelope<Written, A>>, Option<JoinHandle<()>>) {
         let span = trace::batch_span(&batch);
-        let verdicts = {
-            let layout = Layout::of(batch.iter().map(|e| &e.payload));
-            let committed = self.commit(&layout).instrument(span.clone()).await;
-            let committer = &self.inner.committer;
-            committer
-                .conclude(&layout, committed)
-                .instrument(span.clone())
-                .await
-        };
+        let layout = Layout::of(batch.iter().map(|e| &e.payload));
+        let verdicts = async {
+            let committed = self.commit(&layout).await;
+            self.inner.committer.conclude(&layout, committed).await
+        }
+        .instrument(span.clone())
+        .await;
         trace::written(&span, &batch, &verdicts.written);
         record(&verdicts, &batch);
         let mut learned = Vec::new();
@@ -300,7 +298,7 @@ fn count_failure(step: Step) {
 /// Records one write transaction's duration, from the connection being had
 /// to the commit.
 fn record_transaction(took: Duration) {
-    histogram!(crate::telemetry::names::WRITE_DURATION).record(took.as_secs_f64());
+    histogram!(names::WRITE_DURATION).record(took.as_secs_f64());
 }
 
 /// Freshness-lag histograms, looked up once per batch rather than per row.
