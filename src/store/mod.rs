@@ -1,7 +1,7 @@
 //! The store: newest-wins upserts of scans into `scan_results`, with dead
 //! letters, as a capability that two features use: the ingester's write stage
 //! ([`crate::stages::write`]) and `dead-letters replay`
-//! ([`crate::dead_letters::replay`]).
+//! ([`dead_letters::replay`](mod@crate::dead_letters::replay)).
 //!
 //! In: a batch of [`Record`](crate::stages::Record)s (scans, stale messages,
 //! dead letters). Out: every message's [`Written`] verdict, in batch order,
