@@ -32,9 +32,10 @@ use mini_scan::pipeline::{
 use mini_scan::scan::{GenConfig, Generator};
 use mini_scan::stages::decode::{Decode, decode};
 use mini_scan::stages::dedup::{CommittedOrders, Dedup};
+use mini_scan::stages::write::Written;
 use mini_scan::stages::write::trace;
-use mini_scan::stages::write::{Written, merge};
 use mini_scan::stages::{Metrics, Received, Record, Scan};
+use mini_scan::store::{self, merge};
 use mini_scan::telemetry::names::stage;
 use mini_scan::traces::{self, MessageContext};
 use opentelemetry::trace::SpanContext;
@@ -220,7 +221,7 @@ fn bench_dedup(c: &mut Criterion) {
 /// at `--batch-max-rows 10000`): collapsing it to one winner per key and
 /// placing every scan against its key's winner. `sort_then_search` is how the
 /// layout did it before (sort, then a binary search per scan); `one_pass`
-/// reads every scan's winner off the sort (`merge::merge`).
+/// reads every scan's winner off the sort (`store::merge`).
 fn bench_merge(c: &mut Criterion) {
     const ROWS: u32 = 10_000;
     // Keys drawn from 100k, as the write bench's batches are: ~5% repeats.
@@ -240,9 +241,9 @@ fn bench_merge(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let started = thread_cpu();
             for _ in 0..iters {
-                let winner_of = merge::newest_per_key(black_box(&refs));
+                let winner_of = store::newest_per_key(black_box(&refs));
                 let winners: Vec<&Scan> = winner_of.iter().map(|&j| refs[j]).collect();
-                let slots: Vec<(usize, bool)> = refs
+                let places: Vec<(usize, bool)> = refs
                     .iter()
                     .enumerate()
                     .filter_map(|(j, s)| {
@@ -250,7 +251,7 @@ fn bench_merge(c: &mut Criterion) {
                         Some((w, winner_of[w] == j))
                     })
                     .collect();
-                black_box((winners, slots));
+                black_box((winners, places));
             }
             thread_cpu() - started
         })
@@ -259,15 +260,15 @@ fn bench_merge(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let started = thread_cpu();
             for _ in 0..iters {
-                let merged = merge::merge(black_box(&refs));
+                let merged = merge(black_box(&refs));
                 let winners: Vec<&Scan> = merged.winners.iter().map(|&j| refs[j]).collect();
-                let slots: Vec<(usize, bool)> = merged
+                let places: Vec<(usize, bool)> = merged
                     .winner_of
                     .iter()
                     .enumerate()
                     .map(|(j, &w)| (w, merged.winners[w] == j))
                     .collect();
-                black_box((winners, slots));
+                black_box((winners, places));
             }
             thread_cpu() - started
         })
@@ -369,7 +370,7 @@ impl<A: Acknowledge + MessageContext> Sink<A> for TracedNullSink {
                 Record::Dead(_) => Written::DeadLetter,
             })
             .collect();
-        trace::settled(&span, &batch, &written);
+        trace::written(&span, &batch, &written);
         batch
             .into_iter()
             .zip(written)

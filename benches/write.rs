@@ -3,12 +3,12 @@
 //!
 //! Every strategy gets the same rows (the generator's scans, 20% out of order)
 //! in the same batches, collapsed per batch to one row per key, newest wins
-//! (`merge::newest_per_key`, timed as part of the write path), and starts
+//! (`store::newest_per_key`, timed as part of the write path), and starts
 //! from an empty table:
 //!
 //! * `raw_copy`: binary COPY into an unindexed table, one transaction per
 //!   batch. No upsert at all: the physical ceiling.
-//! * `copy_upsert` (ours): `mini_scan::stages::write::sql::commit` through a
+//! * `copy_upsert` (ours): `mini_scan::store::sql::commit` through a
 //!   `mini_scan::db::pool` connection: binary COPY into the per-connection
 //!   temporary table, then one `INSERT .. SELECT .. ON CONFLICT DO UPDATE`.
 //! * `copy_upsert_session`: the same SQL the session-scoped way (before the
@@ -52,10 +52,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use mini_scan::pipeline::{Envelope, Settle, Settlement, Shutdown, Sink};
 use mini_scan::stages::dedup::CommittedOrders;
-use mini_scan::stages::write::merge::newest_per_key;
-use mini_scan::stages::write::sql;
 use mini_scan::stages::write::{PgSink, WriteConfig};
 use mini_scan::stages::{Record, Scan, micros_to_time, secs_to_time};
+use mini_scan::store::newest_per_key;
+use mini_scan::store::sql;
 use mini_scan::telemetry::Health;
 use std::collections::HashMap;
 use std::fmt::Write as _;

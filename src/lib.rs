@@ -18,9 +18,15 @@
 //!   migrates and grants; [`telemetry`] installs the metrics registry,
 //!   registers the series it is given and serves `/metrics`, `/healthz` and
 //!   `/readyz`.
+//! * [`model`]: the values that flow through the stages and into the store
+//!   (a received message, a scan with its key and order, a dead letter and
+//!   its reason); below both, so that neither imports the other.
 //! * [`stages`]: the concrete stages, one module each: source, decode, dedup,
 //!   batch, write, ack; each declares the metric series it emits, and
 //!   [`stages::Metrics`] reports the pipeline's counts to the registry.
+//! * [`store`]: the newest-wins upsert into PostgreSQL (layout, SQL,
+//!   retries, isolation of rejected rows, verdicts), shared by the write
+//!   stage and `dead-letters replay`.
 //! * [`config`]: the command line (every setting is a flag with an env var)
 //!   and the validated settings built from it ([`config::IngestConfig`],
 //!   [`config::ScanConfig`]).
@@ -40,10 +46,12 @@ pub mod dead_letters;
 pub mod error;
 pub mod ingester;
 pub mod logging;
+pub mod model;
 pub mod pipeline;
 pub mod pubsub;
 pub mod scan;
 pub mod stages;
+pub mod store;
 pub mod telemetry;
 pub mod traces;
 
@@ -78,6 +86,7 @@ mod layers {
         "app",
         "store",
         "dead_letters",
+        "model",
     ];
 
     /// The top-level module of every `.rs` file under `src/` (but `lib.rs`

@@ -6,7 +6,7 @@ use super::{Conn, Measured, Options, Strategy, Variant};
 use crate::support::{self, Postgres};
 use bytes::Bytes;
 use mini_scan::stages::Scan;
-use mini_scan::stages::write::sql;
+use mini_scan::store::sql;
 use std::fmt::Write as _;
 use tokio_postgres::CopyInSink;
 

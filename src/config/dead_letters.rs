@@ -7,7 +7,7 @@
 //! left in the environment never widens or narrows a purge by surprise.
 
 use super::DatabaseArgs;
-use crate::stages::decode::Reason;
+use crate::model::Reason;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! `mini-scan migrate --grant-ingest-to ROLE`: the least the ingester needs.
 //!
-//! The write stage (src/stages/write/sql.rs) creates a temporary staging
+//! The write stage (through src/store/sql.rs) creates a temporary staging
 //! table, COPYs into it, upserts into `scan_results` with `ON CONFLICT DO
 //! UPDATE ... WHERE` (which reads the existing row: SELECT, INSERT, UPDATE),
 //! and inserts into `dead_letters` with `ON CONFLICT (message_id) DO

@@ -3,19 +3,17 @@
 //! A dead letter is turned back into the message the ingester received
 //! ([`Received`]: its exact payload, its message id, and its publish time, the
 //! two tie-breakers of newest-wins) and goes through the ingester's own
-//! decode stage. The batch is then laid out exactly as the write stage lays
-//! out a batch ([`Layout`]: one winner per key, sorted by key), the winners
-//! are upserted (see `replay`), and the write stage's verdicts
-//! ([`verdict::decide`]) say what became of each message. So a dead letter is
-//! replayed as if it had arrived today in a batch with the others.
+//! decode stage. The batch is then laid out by the store exactly as the write
+//! stage's batches are ([`Layout`]: one winner per key, sorted by key), the
+//! winners are upserted (see `replay`), and the store's verdicts
+//! ([`Layout::verdicts_in_one_transaction`]) say what became of each message.
+//! So a dead letter is replayed as if it had arrived today in a batch with
+//! the others.
 
 use crate::pipeline::Transform as _;
-use crate::stages::decode::{Decode, Reason};
-use crate::stages::write::Written;
-use crate::stages::write::isolate::Fate as RowFate;
-use crate::stages::write::layout::{Layout, Slot};
-use crate::stages::write::verdict::{self, DeadFate, WinnerFate};
-use crate::stages::{Received, Record};
+use crate::stages::decode::Decode;
+use crate::stages::{Reason, Received, Record};
+use crate::store::{Isolated, Layout, Place, Upserted, Written};
 use bytes::Bytes;
 
 /// One dead letter as stored.
@@ -58,12 +56,12 @@ pub(crate) enum Fate {
     /// It still fails: keep it, with this reason and detail.
     StillFailing {
         /// The reason today.
-        reason: &'static str,
+        reason: Reason,
         /// The detail today.
         detail: String,
     },
-    /// Not settled (a row was given up): the batch must not commit.
-    Unsettled,
+    /// Not decided (a row was given up): the batch must not commit.
+    Undecided,
 }
 
 impl Fate {
@@ -76,46 +74,29 @@ impl Fate {
 /// The fate of every record of `layout` (in batch order), given what became
 /// of each of its winners: committed (and whether it changed the table),
 /// rejected by the database (with the detail), or given up.
-pub(crate) fn fates(layout: &Layout<'_>, winners: &[RowFate<bool, String>]) -> Vec<Fate> {
-    let winner_fates: Vec<WinnerFate> = winners
-        .iter()
-        .map(|f| match f {
-            RowFate::Committed(true) => WinnerFate::Changed,
-            RowFate::Committed(false) => WinnerFate::Unchanged,
-            // Its dead letter is refreshed in the same transaction.
-            RowFate::Rejected(_) => WinnerFate::DeadLettered,
-            RowFate::GaveUp => WinnerFate::Unsettled,
-        })
-        .collect();
-    // The batch's own dead letters stay, refreshed in the same transaction.
-    let dead: Vec<DeadFate> = layout
-        .dead
-        .iter()
-        .map(|d| DeadFate {
-            reason: d.reason,
-            recorded: true,
-        })
-        .collect();
-    let verdicts = verdict::decide(&layout.slots, &winner_fates, &dead);
+pub(crate) fn fates(layout: &Layout<'_>, winners: &[Upserted]) -> Vec<Fate> {
+    // A rejected winner's dead letter, and the batch's own, are refreshed in
+    // the same transaction as the upsert.
+    let verdicts = layout.verdicts_in_one_transaction(winners);
     verdicts
         .written
         .iter()
-        .zip(&layout.slots)
-        .map(|(written, slot)| match (written, *slot) {
+        .zip(&layout.places)
+        .map(|(written, place)| match (written, *place) {
             (Written::Stored, _) => Fate::Stored,
             (Written::Superseded, _) => Fate::Superseded,
-            (Written::DeadLetter, Slot::Dead(d)) => Fate::StillFailing {
+            (Written::DeadLetter, Place::Dead(d)) => Fate::StillFailing {
                 reason: layout.dead[d].reason,
                 detail: layout.dead[d].detail.clone(),
             },
-            (Written::DeadLetter, Slot::Winner(w)) => match &winners[w] {
-                RowFate::Rejected(detail) => Fate::StillFailing {
-                    reason: Reason::RejectedByDatabase.as_str(),
+            (Written::DeadLetter, Place::Winner(w)) => match &winners[w] {
+                Isolated::Rejected(detail) => Fate::StillFailing {
+                    reason: Reason::RejectedByDatabase,
                     detail: detail.clone(),
                 },
-                _ => Fate::Unsettled,
+                _ => Fate::Undecided,
             },
-            _ => Fate::Unsettled,
+            _ => Fate::Undecided,
         })
         .collect()
 }
@@ -167,13 +148,13 @@ mod tests {
         // already had something newer for port 81.
         let fates = fates(
             &layout,
-            &[RowFate::Committed(true), RowFate::Committed(false)],
+            &[Isolated::Committed(true), Isolated::Committed(false)],
         );
         assert_eq!(fates[0], Fate::Superseded, "lost to c in its batch");
         assert_eq!(
             fates[1],
             Fate::StillFailing {
-                reason: MALFORMED[0].reason.as_str(),
+                reason: MALFORMED[0].reason,
                 detail: "not JSON".into()
             }
         );
@@ -189,17 +170,17 @@ mod tests {
         ];
         let records = decode(&batch);
         let layout = Layout::of(records.iter());
-        let fates = fates(&layout, &[RowFate::Rejected("54000: too big".into())]);
+        let fates = fates(&layout, &[Isolated::Rejected("54000: too big".into())]);
         assert_eq!(fates[0], Fate::Superseded, "as the ingester decides");
         assert_eq!(
             fates[1],
             Fate::StillFailing {
-                reason: "rejected_by_database",
+                reason: Reason::RejectedByDatabase,
                 detail: "54000: too big".into()
             }
         );
-        let gave_up = super::fates(&layout, &[RowFate::GaveUp]);
-        assert!(gave_up.iter().all(|f| *f == Fate::Unsettled), "{gave_up:?}");
+        let gave_up = super::fates(&layout, &[Isolated::GaveUp]);
+        assert!(gave_up.iter().all(|f| *f == Fate::Undecided), "{gave_up:?}");
     }
 
     proptest! {
@@ -221,12 +202,12 @@ mod tests {
                 .collect();
             let records = decode(&batch);
             let layout = Layout::of(records.iter());
-            let all_committed = vec![RowFate::Committed(true); layout.winners.len()];
+            let all_committed = vec![Isolated::Committed(true); layout.winners.len()];
             let fates = fates(&layout, &all_committed);
             for (i, &(port, ts, publ, bad)) in rows.iter().enumerate() {
                 if bad {
                     let m = MALFORMED[i % MALFORMED.len()];
-                    let is_still_failing = matches!(&fates[i], Fate::StillFailing { reason, .. } if *reason == m.reason.as_str());
+                    let is_still_failing = matches!(&fates[i], Fate::StillFailing { reason, .. } if *reason == m.reason);
                     prop_assert!(is_still_failing, "{:?}", fates[i]);
                     continue;
                 }

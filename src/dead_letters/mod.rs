@@ -42,9 +42,9 @@ pub enum Error {
     /// The database failed a statement (or the connection to it broke).
     #[error("database error")]
     Db(#[from] tokio_postgres::Error),
-    /// A batch's outcome was incomplete (a bug): it was rolled back.
-    #[error("the replay batch ending at message id {0:?} could not be settled; rolled back")]
-    Unsettled(String),
+    /// A batch left a dead letter's fate undecided (a bug): it was rolled back.
+    #[error("the replay batch ending at message id {0:?} left a fate undecided; rolled back")]
+    Undecided(String),
     /// The role lacks what the command needs.
     #[error(
         "the role \"{role}\" lacks {missing}: run `dead-letters {command}` as the schema owner \
@@ -72,7 +72,7 @@ impl Error {
             Error::Db(e) => e
                 .code()
                 .is_none_or(|c| matches!(c.code().get(..2), Some("40" | "08" | "53" | "57"))),
-            Error::Unsettled(_) | Error::Privileges { .. } => false,
+            Error::Undecided(_) | Error::Privileges { .. } => false,
         }
     }
 }

@@ -6,13 +6,12 @@
 //!
 //! 1. take up to `batch_size` dead letters after the last message id seen
 //!    (keyset pagination), `FOR UPDATE SKIP LOCKED`: a batch another replay
-//!    holds is skipped (that replay settles it), and ingesters, which only
+//!    holds is skipped (that replay takes care of it), and ingesters, which only
 //!    insert dead letters, never wait on one;
-//! 2. decide their fates (`fate`) and upsert the winners with the
-//!    ingester's own statements ([`sql::upsert`]), each attempt under a
+//! 2. decide their fates (`fate`) and upsert the winners through the
+//!    ingester's own store ([`upsert_isolating`]), each attempt under a
 //!    savepoint so that rows the database rejects for their data (SQLSTATE
-//!    classes 22, 23, 54) are bisected out exactly as the write stage does
-//!    (`isolate`);
+//!    classes 22, 23, 54) are bisected out exactly as the write stage's are;
 //! 3. delete the dead letters that were replayed, refresh the reason and
 //!    detail of those that still fail, and commit.
 //!
@@ -27,15 +26,10 @@ use super::fate::{self, Fate, Stored};
 use super::{Error, Filter, check_privileges};
 use crate::error::Chain;
 use crate::pipeline::Backoff;
-use crate::stages::Scan;
-use crate::stages::write::isolate::{Fate as RowFate, isolate};
-use crate::stages::write::layout::Layout;
-use crate::stages::write::retry::{Failure, is_data_sqlstate};
-use crate::stages::write::{StoreFault as _, WriteError, sql};
+use crate::store::{Layout, upsert_isolating};
 use postgres_types::Type;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
@@ -96,7 +90,7 @@ impl Counts {
         match fate {
             Fate::Stored => self.stored += 1,
             Fate::Superseded => self.superseded += 1,
-            Fate::StillFailing { .. } | Fate::Unsettled => self.still_failing += 1,
+            Fate::StillFailing { .. } | Fate::Undecided => self.still_failing += 1,
         }
     }
 }
@@ -128,7 +122,7 @@ impl ReplaySummary {
         if let Fate::StillFailing { reason, .. } = fate {
             *self
                 .still_failing_now
-                .entry((*reason).to_owned())
+                .entry(reason.as_str().to_owned())
                 .or_default() += 1;
         }
     }
@@ -250,15 +244,15 @@ async fn one_batch(
     let last_id = Some(last.message_id.clone());
     let records = fate::decode(&batch);
     let layout = Layout::of(records.iter());
-    let written = upsert_isolating(&tx, &layout.winners).await?;
-    let fates = fate::fates(&layout, &written);
-    if fates.contains(&Fate::Unsettled) {
+    let upserted = upsert_isolating(&tx, &layout.winners).await?;
+    let fates = fate::fates(&layout, &upserted);
+    if fates.contains(&Fate::Undecided) {
         // Cannot happen once every winner is committed or rejected; the
         // transaction rolls back rather than lose a dead letter.
-        return Err(Error::Unsettled(last.message_id.clone()));
+        return Err(Error::Undecided(last.message_id.clone()));
     }
     if !options.dry_run {
-        settle(&tx, &batch, &fates).await?;
+        delete_and_refresh(&tx, &batch, &fates).await?;
         tx.commit().await?;
     } else {
         tx.rollback().await?;
@@ -302,59 +296,8 @@ async fn take(
         .collect()
 }
 
-/// Upserts `winners` (one per key, sorted by key) in `tx`, bisecting around
-/// the rows the database rejects for their data, each attempt under a
-/// savepoint. A failure that is not the data's fails the batch.
-async fn upsert_isolating(
-    tx: &Transaction<'_>,
-    winners: &[&Scan],
-) -> Result<Vec<RowFate<bool, String>>, tokio_postgres::Error> {
-    let transient: Mutex<Option<tokio_postgres::Error>> = Mutex::new(None);
-    let fates = isolate(winners.len(), |range| {
-        let rows = &winners[range];
-        let transient = &transient;
-        async move {
-            match attempt(tx, rows).await {
-                Ok(changed) => Ok(changed),
-                Err(e) if e.code().is_some_and(is_data_sqlstate) => {
-                    Err(Failure::Rejected(WriteError::Db(e).detail()))
-                }
-                Err(e) => {
-                    transient.lock().expect("not poisoned").get_or_insert(e);
-                    Err(Failure::GaveUp)
-                }
-            }
-        }
-    })
-    .await;
-    match transient.into_inner().expect("not poisoned") {
-        Some(e) => Err(e),
-        None => Ok(fates),
-    }
-}
-
-/// One attempt at upserting `rows`, under a savepoint: all of them, or none
-/// (and the transaction still usable).
-async fn attempt(tx: &Transaction<'_>, rows: &[&Scan]) -> Result<Vec<bool>, tokio_postgres::Error> {
-    tx.batch_execute("SAVEPOINT replay_attempt").await?;
-    let result = async {
-        let changed = sql::upsert(tx, rows).await?;
-        tx.batch_execute(sql::CLEAR_STAGE_TABLE).await?;
-        tx.batch_execute("RELEASE SAVEPOINT replay_attempt").await?;
-        Ok(changed)
-    }
-    .await;
-    if result.is_err() {
-        // If this fails too, the connection is gone and the error above says why.
-        let _ = tx
-            .batch_execute("ROLLBACK TO SAVEPOINT replay_attempt; RELEASE SAVEPOINT replay_attempt")
-            .await;
-    }
-    result
-}
-
 /// Deletes the replayed dead letters and refreshes those still failing.
-async fn settle(
+async fn delete_and_refresh(
     tx: &Transaction<'_>,
     batch: &[Stored],
     fates: &[Fate],
@@ -369,7 +312,7 @@ async fn settle(
     for (s, f) in batch.iter().zip(fates) {
         if let Fate::StillFailing { reason, detail } = f {
             ids.push(s.message_id.as_str());
-            reasons.push(*reason);
+            reasons.push(reason.as_str());
             details.push(detail.as_str());
         }
     }

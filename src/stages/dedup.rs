@@ -15,12 +15,13 @@
 //! `miniscan_cache_entries` (published by [`CommittedOrders::publish_metrics`]).
 
 use super::{Order, Record, ScanKey};
+use crate::model::{CachedEntry, OrderCell, read};
 use crate::pipeline::Transform;
 use crate::pipeline::outcome::outcome_enum;
 use crate::telemetry::names::{self, cache, label, outcome, stage};
 use crate::telemetry::series::Series;
 use moka::sync::Cache;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 /// The newest order committed per key, as far as this process knows.
 #[derive(Clone)]
@@ -35,10 +36,6 @@ pub struct CommittedOrders {
     cache: Cache<ScanKey, OrderCell, ahash::RandomState>,
 }
 
-/// What the cache holds for a key: the newest order committed for it,
-/// overwritten in place.
-type OrderCell = Arc<Mutex<Order>>;
-
 /// Up to this many keys, the cache's hash table is allocated whole at start
 /// (moka's `initial_capacity`, about 20 bytes per key) instead of doubling as
 /// it fills: each doubling rehashes every entry, which shows in the cost per
@@ -48,36 +45,6 @@ type OrderCell = Arc<Mutex<Order>>;
 /// a capacity set far above the key space does not allocate up front for
 /// keys it will never see.
 const PRESIZED_KEYS: u64 = 1 << 20;
-
-/// A key's cache entry, as the dedup stage's lookup found it.
-///
-/// A scan that passes dedup carries the entry its lookup found (if any) to
-/// the write stage, which teaches it the committed order through it instead
-/// of looking the key up a second time: every committed winner of a cached
-/// key saves a moka `get`. Should the cache have evicted the entry meanwhile,
-/// the write lands in a cell no one reads, and the cache merely forgets the
-/// key, which it may always do.
-#[derive(Clone)]
-pub struct CachedEntry(OrderCell);
-
-impl std::fmt::Debug for CachedEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("CachedEntry").field(&*read(&self.0)).finish()
-    }
-}
-
-impl CachedEntry {
-    /// Whether `order` is provably not newer than what the entry holds.
-    pub fn is_stale(&self, order: &Order) -> bool {
-        *order <= *read(&self.0)
-    }
-}
-
-/// The order in `cell`. A panic cannot leave an `Order` half written (it is
-/// only ever assigned whole), so a poisoned lock still holds a valid one.
-fn read(cell: &OrderCell) -> MutexGuard<'_, Order> {
-    cell.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 impl std::fmt::Debug for CommittedOrders {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,7 +72,7 @@ impl CommittedOrders {
 
     /// `key`'s entry, if the cache holds one.
     pub fn find(&self, key: &ScanKey) -> Option<CachedEntry> {
-        self.cache.get(key).map(CachedEntry)
+        self.cache.get(key).map(CachedEntry::new)
     }
 
     /// Records that `order` (or something newer) is committed for `key`. Call
@@ -135,7 +102,7 @@ impl CommittedOrders {
     /// over a cached key costs far more than a lookup.
     pub fn committed_at(&self, entry: Option<CachedEntry>, key: ScanKey, order: Order) {
         match entry.or_else(|| self.find(&key)) {
-            Some(CachedEntry(cell)) => *read(&cell) = order,
+            Some(entry) => *read(entry.cell()) = order,
             None => self.cache.insert(key, Arc::new(Mutex::new(order))),
         }
     }

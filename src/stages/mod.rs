@@ -1,5 +1,5 @@
-//! The concrete stages of the ingest pipeline, one module each, and the types
-//! that flow between them.
+//! The concrete stages of the ingest pipeline, one module each. The types
+//! that flow between them are [`crate::model`]'s.
 //!
 //! ```text
 //! source ─▶ decode ─▶ dedup ─▶ batch ─▶ write ─▶ ack
@@ -10,136 +10,28 @@
 //! them (its `series()`); [`series::all`] collects them for the ingester.
 //! [`Metrics`] is the generic pipeline's [`crate::pipeline::Observer`],
 //! reporting to the metrics registry.
+//!
+//! The write stage commits through the [`store`](crate::store), which
+//! `dead-letters replay` shares. [`Reason`] ([`crate::model`]) is the one
+//! list of why a message is a dead letter, for decode and the store alike.
 
 pub mod ack;
 pub mod batch;
 pub mod decode;
 pub mod dedup;
-#[cfg(test)]
-pub(crate) mod fixtures;
 mod observe;
 pub mod series;
 pub mod source;
 pub mod write;
 
 pub use observe::Metrics;
+// The values that flow between the stages live a layer below, in
+// `crate::model`, so that the store can use them too; here for the stages'
+// own paths (`super::Scan`) and their users'.
+pub use crate::model::{
+    DeadLetter, Order, Reason, Received, Record, Scan, ScanKey, micros_to_time, now_micros,
+    secs_to_time,
+};
+#[cfg(test)]
+pub(crate) use crate::model::fixtures;
 
-use bytes::Bytes;
-use compact_str::CompactString;
-use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// One message as the source delivers it.
-#[derive(Clone, Debug)]
-pub struct Received {
-    /// The exact message data.
-    pub data: Bytes,
-    /// The broker's id for the message (unique per topic).
-    pub message_id: String,
-    /// When the broker accepted the message, in microseconds since the epoch.
-    pub published_micros: i64,
-}
-
-/// The identity of a scanned service: one row of `scan_results`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ScanKey {
-    /// The address, as PostgreSQL's `inet` would hold it (two spellings of
-    /// one address parse to the same value).
-    pub ip: IpAddr,
-    /// The port, 0..=65535.
-    pub port: u16,
-    /// The service name, non-empty. Inline up to 24 bytes (service names are
-    /// short), so decoding a key does not allocate for it.
-    pub service: CompactString,
-}
-
-/// The total order in which observations of one key supersede each other.
-///
-/// The scan's own timestamp decides; on a tie the later Pub/Sub publish time
-/// wins, then the bytewise greater message id. All three are fixed when the
-/// message is published, so every replica, delivery order and duplication
-/// agrees on the winner. PostgreSQL applies the same rule: the upsert compares
-/// `(last_scanned, published_at, message_id COLLATE "C")` as a row.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Order {
-    /// The scan's timestamp, in seconds since the epoch.
-    pub timestamp: i64,
-    /// The publish time, in microseconds since the epoch.
-    pub published_micros: i64,
-    /// The message id. Inline up to 24 bytes (Pub/Sub's ids are short decimal
-    /// strings; longer ones go to the heap): the dedup cache clones the
-    /// committed `Order` on every hit, which then does not allocate.
-    pub message_id: CompactString,
-}
-
-/// A valid observation, ready to be written.
-#[derive(Clone, Debug)]
-pub struct Scan {
-    /// Which row.
-    pub key: ScanKey,
-    /// Where it stands among the key's observations.
-    pub order: Order,
-    /// The response as text (lossy where the bytes are not clean UTF-8).
-    pub response: String,
-    /// The exact bytes, where they differ from `response`.
-    pub response_raw: Option<Vec<u8>>,
-    /// The original message data, kept to dead-letter it should the database
-    /// reject the row.
-    pub payload: Bytes,
-    /// The dedup cache's entry for the key, if the dedup stage's lookup found
-    /// one: the write stage learns the committed order through it.
-    pub cached: Option<dedup::CachedEntry>,
-}
-
-/// A message that cannot be stored, with why.
-#[derive(Clone, Debug)]
-pub struct DeadLetter {
-    /// The broker's message id (the dead letter's primary key).
-    pub message_id: String,
-    /// Why: a [`decode::Reason`]'s code (`as_str`).
-    pub reason: &'static str,
-    /// A human-readable explanation.
-    pub detail: String,
-    /// The exact message data.
-    pub payload: Bytes,
-    /// The publish time, in microseconds since the epoch.
-    pub published_micros: i64,
-}
-
-/// What flows from decode to the write stage.
-#[derive(Clone, Debug)]
-pub enum Record {
-    /// A valid observation to write.
-    Scan(Scan),
-    /// A valid observation that the dedup cache proves is not newer than what
-    /// is already committed: acked without a write.
-    Stale,
-    /// A message to record as a dead letter.
-    Dead(DeadLetter),
-}
-
-/// Converts microseconds since the epoch to a `SystemTime`.
-pub fn micros_to_time(micros: i64) -> SystemTime {
-    if micros >= 0 {
-        UNIX_EPOCH + Duration::from_micros(micros as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
-    }
-}
-
-/// Converts seconds since the epoch to a `SystemTime`.
-pub fn secs_to_time(secs: i64) -> SystemTime {
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-    }
-}
-
-/// Microseconds since the epoch, now.
-pub fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}

@@ -3,7 +3,7 @@
 //! through [`one_per_reason`]) and the integration tests (which publish all
 //! of them through a real ingester).
 
-use super::reason::Reason;
+use crate::stages::Reason;
 use Reason::*;
 
 /// One malformed message and what decode must say about it.

@@ -10,16 +10,20 @@
 //! `data_version: 1` with `data.response_bytes_utf8` (base64) or
 //! `data_version: 2` with `data.response_str`. Unknown fields are ignored.
 //!
-//! Layout: `reason.rs` (why a message is a dead letter), `wire.rs` (the JSON
-//! format, parsed field by field), `malformed.rs` (examples of every reason,
-//! shared with `scan` and the integration tests), and here the stage.
+//! Layout: `rejection.rs` (the error for a message that does not decode, with
+//! its [`Reason`]), `wire.rs` (the JSON format, parsed field by field),
+//! `malformed.rs` (examples of every reason, shared with `scan` and the
+//! integration tests), and here the stage.
 
 mod malformed;
-mod reason;
+mod rejection;
 mod wire;
 
+/// Re-exported from [`crate::stages::Reason`], their one home, for the
+/// callers that name decode's reasons.
+pub use super::Reason;
 pub use malformed::{MALFORMED, Malformed, one_per_reason};
-pub use reason::{Reason, Rejection};
+pub use rejection::Rejection;
 pub use wire::decode;
 
 use super::{DeadLetter, Order, Received, Record, Scan, ScanKey};
@@ -41,11 +45,7 @@ pub struct Observation {
     pub response_raw: Option<Vec<u8>>,
 }
 
-/// The first and last second PostgreSQL's `timestamptz` and every client can
-/// agree on without surprises: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
-pub const MIN_TIMESTAMP: i64 = -62_135_596_800;
-/// See [`MIN_TIMESTAMP`].
-pub const MAX_TIMESTAMP: i64 = 253_402_300_799;
+pub use crate::model::{MAX_TIMESTAMP, MIN_TIMESTAMP};
 
 /// Renders response bytes as text: valid UTF-8 without NUL is kept as is;
 /// anything else is rendered lossily (invalid sequences and NUL become
@@ -123,7 +123,7 @@ impl Transform for Decode {
             Err(rejection) => (
                 Record::Dead(DeadLetter {
                     message_id: msg.message_id,
-                    reason: rejection.reason.as_str(),
+                    reason: rejection.reason,
                     detail: rejection.detail,
                     payload: msg.data,
                     published_micros: msg.published_micros,

@@ -2,7 +2,8 @@
 //! field at a time, in a fixed order (the first fault found decides the
 //! reason).
 
-use super::reason::{Reason, Rejection, reject};
+use super::Reason;
+use super::rejection::{Rejection, reject};
 use super::{MAX_TIMESTAMP, MIN_TIMESTAMP, Observation, render_bytes, render_string};
 use crate::stages::ScanKey;
 use base64::Engine as _;

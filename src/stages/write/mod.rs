@@ -1,32 +1,24 @@
-//! Write: commits a batch to PostgreSQL and decides each message's fate.
+//! Write: commits a batch to PostgreSQL through the [`store`](crate::store)
+//! and gives each message its verdict.
 //!
-//! In: a batch of [`Record`]s. Out: the same messages, each with a [`Written`]
-//! verdict for the ack stage. The batch is collapsed to one row per key
-//! (newest wins, [`merge::newest_per_key`]), sorted by key, binary-COPied into
-//! a temporary table and merged with one `INSERT .. ON CONFLICT .. DO UPDATE
-//! .. WHERE newer RETURNING message_id`, which names the messages whose rows
-//! changed the table; its dead letters go in the same transaction.
+//! In: a batch of [`Record`]s. Out: the same messages, each with a
+//! [`Written`] verdict for the ack stage. The store lays the batch out (one
+//! winner per key, newest wins), this stage splits the winners into disjoint
+//! key partitions (`partition`) that commit concurrently, each on its own
+//! connection (the batch's dead letters ride with partition 0), and the store
+//! concludes: rejected rows become dead letters, every message gets its
+//! verdict. See [`crate::store`] for the upsert, the retries and the
+//! isolation of rejected rows.
 //!
 //! # Layout
 //!
-//! Split by responsibility, the way vector splits a sink into sink / service /
-//! retry; each part but the SQL is a pure core with its own tests:
-//!
-//! * `layout`: every message's place: the winner of its key, a loser, stale,
-//!   or a dead letter.
-//! * `commit`: commits the winners in disjoint key partitions (`partition`),
-//!   isolating the rows the database rejects (`isolate`), retrying every
-//!   attempt as the policy says (`retry`).
-//! * [`store`]: the seam to the database, [`BatchStore`], implemented by
-//!   [`PgStore`] with the statements of [`sql`]. The stage's unit tests put a
-//!   store with injected failures in its place.
-//! * `verdict`: each message's [`Written`], the dead letters by reason, the
-//!   winners the dedup cache learns.
+//! * this module: the [`Sink`], its metrics, and teaching the cache.
+//! * `partition`: the split of a batch's winners into disjoint key sets.
 //! * `trace`: the batch's `write` span and its links to the messages' traces
 //!   (with tracing on).
-//! * this module: the [`Sink`], its metrics, and teaching the cache.
+//! * `tests`: the whole stage over a store with injected failures.
 //!
-//! Faults:
+//! Faults (decided by the store):
 //! * Any error that is not the data's fault (connection lost, server
 //!   restarting, deadlock, a missing table; decided by SQLSTATE class, never
 //!   by message text) retries the whole batch with capped exponential
@@ -49,57 +41,30 @@
 //! `miniscan_freshness_lag_seconds{reference="scan"|"publish"}`,
 //! `miniscan_errors_total{stage="write",kind="transient"|"rejected"}`.
 
-mod commit;
-pub(crate) mod isolate;
-pub(crate) mod layout;
-pub mod merge;
 mod partition;
-pub(crate) mod retry;
-pub mod sql;
-pub mod store;
 pub mod trace;
-pub(crate) mod verdict;
 
 #[cfg(test)]
 mod tests;
 
-pub use store::{BatchStore, PgStore, StoreFault, WriteError};
+pub use crate::store::Written;
 
-use super::dedup::{CachedEntry, CommittedOrders};
+use super::dedup::CommittedOrders;
+use crate::model::CachedEntry;
 use super::{Record, Scan, now_micros};
 use crate::pipeline::{Acknowledge, Envelope, Outcome, Settle, Settlement, Shutdown, Sink};
+use crate::store::{
+    BatchStore, Committed, Committer, Isolated, Layout, PgStore, Retry, Step, Verdicts,
+};
 use crate::telemetry::Health;
 use crate::telemetry::names::{self, error_kind, label, outcome, reference, stage};
 use crate::telemetry::series::Series;
 use crate::traces::MessageContext;
-use commit::Committer;
-use layout::Layout;
 use metrics::{counter, histogram};
-use retry::Retry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
-use verdict::Verdicts;
-
-/// What happened to one message at the write stage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Written {
-    /// Its own row changed the table: it is the newest observation of its key
-    /// committed so far.
-    Stored,
-    /// Committed without changing the table: a newer observation of its key
-    /// is committed (in this batch or before), or this very observation was
-    /// (a redelivery); or it lost to a newer one in its batch that the
-    /// database rejected as a dead letter.
-    Superseded,
-    /// The dedup cache proved it not newer than what is committed.
-    Stale,
-    /// Its dead letter is committed.
-    DeadLetter,
-    /// Given up during shutdown: to be delivered again.
-    Nack,
-}
 
 impl Settle for Written {
     type Outcome = Written;
@@ -164,6 +129,7 @@ impl<S> Clone for WriteSink<S> {
 #[derive(Debug)]
 struct Inner<S> {
     committer: Committer<S>,
+    partitions: usize,
     orders: CommittedOrders,
 }
 
@@ -179,7 +145,8 @@ impl PgSink {
         shutdown: Shutdown,
         config: WriteConfig,
     ) -> Self {
-        Self::with_store(PgStore::new(pool), orders, health, shutdown, config)
+        let store = PgStore::new(pool).on_transaction(record_transaction);
+        Self::with_store(store, orders, health, shutdown, config)
     }
 }
 
@@ -193,10 +160,12 @@ impl<S: BatchStore> WriteSink<S> {
         shutdown: Shutdown,
         config: WriteConfig,
     ) -> Self {
-        let retry = Retry::new(config.retry_initial, config.retry_max, health, shutdown);
+        let retry = Retry::new(config.retry_initial, config.retry_max, health, shutdown)
+            .on_failure(count_failure);
         Self {
             inner: Arc::new(Inner {
-                committer: Committer::new(store, retry, config.partitions),
+                committer: Committer::new(store, retry),
+                partitions: config.partitions,
                 orders,
             }),
         }
@@ -204,26 +173,24 @@ impl<S: BatchStore> WriteSink<S> {
 
     /// Writes a batch: every message with its verdict, and the task teaching
     /// the dedup cache the committed winners (if any).
-    async fn settle<A: Acknowledge + MessageContext>(
+    async fn write_batch<A: Acknowledge + MessageContext>(
         &self,
         batch: Vec<Envelope<Record, A>>,
     ) -> (Vec<Envelope<Written, A>>, Option<JoinHandle<()>>) {
         let span = trace::batch_span(&batch);
-        let verdicts = {
-            let layout = Layout::of(batch.iter().map(|e| &e.payload));
-            let committer = &self.inner.committer;
-            let (winners, dead) = committer
-                .settle(&layout.winners, &layout.dead)
-                .instrument(span.clone())
-                .await;
-            verdict::decide(&layout.slots, &winners, &dead)
-        };
-        trace::settled(&span, &batch, &verdicts.written);
+        let layout = Layout::of(batch.iter().map(|e| &e.payload));
+        let verdicts = async {
+            let committed = self.commit(&layout).await;
+            self.inner.committer.conclude(&layout, committed).await
+        }
+        .instrument(span.clone())
+        .await;
+        trace::written(&span, &batch, &verdicts.written);
         record(&verdicts, &batch);
         let mut learned = Vec::new();
         let mut learn = verdicts.learn.into_iter();
         let mut written = verdicts.written.into_iter();
-        let settled = batch
+        let out = batch
             .into_iter()
             .map(|env| {
                 if let (Some(true), Record::Scan(s)) = (learn.next(), env.payload) {
@@ -233,7 +200,40 @@ impl<S: BatchStore> WriteSink<S> {
             })
             .collect();
         let learning = (!learned.is_empty()).then(|| self.learn(learned));
-        (settled, learning)
+        (out, learning)
+    }
+
+    /// Commits the winners of `layout` in disjoint key partitions,
+    /// concurrently, each on its own connection; the dead letters ride with
+    /// partition 0.
+    async fn commit(&self, layout: &Layout<'_>) -> Committed {
+        let (committer, winners) = (&self.inner.committer, &layout.winners);
+        let plan = partition::Plan::new(winners.iter().map(|s| &s.key), self.inner.partitions);
+        trace::partitions(plan.parts().len());
+        let runs = plan
+            .gather(winners)
+            .into_iter()
+            .enumerate()
+            .map(|(p, rows)| {
+                let dead = if p == 0 { &layout.dead[..] } else { &[] };
+                async move { committer.commit(&rows, dead).await }
+            });
+        let mut parts = Vec::with_capacity(plan.parts().len());
+        let mut dead = Vec::new();
+        for (p, committed) in futures::future::join_all(runs)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            if p == 0 {
+                dead = committed.dead;
+            }
+            parts.push(committed.winners);
+        }
+        Committed {
+            winners: plan.reassemble(parts, Isolated::GaveUp),
+            dead,
+        }
     }
 
     /// Teaches the dedup cache the committed winners' orders, moved out of
@@ -262,7 +262,7 @@ impl<S: BatchStore, A: Acknowledge + MessageContext> Sink<A> for WriteSink<S> {
     }
 
     async fn write(&self, batch: Vec<Envelope<Record, A>>) -> Vec<Envelope<Written, A>> {
-        self.settle(batch).await.0
+        self.write_batch(batch).await.0
     }
 }
 
@@ -277,7 +277,7 @@ fn record<A>(verdicts: &Verdicts, batch: &[Envelope<Record, A>]) {
         counter!(names::ROWS_WRITTEN_TOTAL).increment(verdicts.rows_written);
     }
     for &(reason, n) in &verdicts.dead_by_reason {
-        counter!(names::DEAD_LETTERS_TOTAL, label::REASON => reason).increment(n);
+        counter!(names::DEAD_LETTERS_TOTAL, label::REASON => reason.as_str()).increment(n);
     }
     let lag = Lag::new(now_micros());
     for (env, &learn) in batch.iter().zip(&verdicts.learn) {
@@ -285,6 +285,23 @@ fn record<A>(verdicts: &Verdicts, batch: &[Envelope<Record, A>]) {
             lag.observe(s);
         }
     }
+}
+
+/// Counts a failed commit attempt: `rejected` when the data is at fault
+/// (the rows are isolated), `transient` otherwise (retried or given up).
+fn count_failure(step: Step) {
+    let kind = if step == Step::Reject {
+        error_kind::REJECTED
+    } else {
+        error_kind::TRANSIENT
+    };
+    counter!(names::ERRORS_TOTAL, label::STAGE => stage::WRITE, label::KIND => kind).increment(1);
+}
+
+/// Records one write transaction's duration, from the connection being had
+/// to the commit.
+fn record_transaction(took: Duration) {
+    histogram!(names::WRITE_DURATION).record(took.as_secs_f64());
 }
 
 /// Freshness-lag histograms, looked up once per batch rather than per row.

@@ -1,12 +1,13 @@
-//! The write stage without PostgreSQL: the whole sink (layout, partitions,
-//! isolation, retries, verdicts, cache learning) over a [`BatchStore`] that
-//! keeps its table in memory and fails as a script says. The same paths run
-//! against a real PostgreSQL in `tests/ingest.rs`.
+//! The write stage without PostgreSQL: the whole sink (the store's layout,
+//! isolation, retries and verdicts, the stage's partitions and cache
+//! learning) over a [`BatchStore`] that keeps its table in memory and fails
+//! as a script says. The same paths run against a real PostgreSQL in
+//! `tests/ingest.rs`.
 
-use super::store::Injected;
 use super::*;
 use crate::stages::fixtures::{dead_letter, scan};
 use crate::stages::{DeadLetter, Order, ScanKey};
+use crate::store::Injected;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -78,7 +79,9 @@ impl BatchStore for FakeStore {
             })
             .collect();
         for d in dead {
-            st.dead.entry(d.message_id.clone()).or_insert(d.reason);
+            st.dead
+                .entry(d.message_id.clone())
+                .or_insert(d.reason.as_str());
         }
         let keys = scans.iter().map(|r| r.key.clone()).collect();
         st.commits.push((keys, !dead.is_empty()));
@@ -127,11 +130,11 @@ impl Stage {
             .iter()
             .map(|r| Envelope::new(r.clone(), ()))
             .collect();
-        let (settled, learning) = self.sink.settle(batch).await;
+        let (written, learning) = self.sink.write_batch(batch).await;
         if let Some(task) = learning {
             task.await.expect("learning does not panic");
         }
-        settled.into_iter().map(|e| e.payload).collect()
+        written.into_iter().map(|e| e.payload).collect()
     }
 
     /// Whether the cache knows `s`'s key at `s`'s order or newer.

@@ -1,13 +1,13 @@
 //! The write stage's spans, with tracing on ([`crate::traces`]).
 //!
 //! One `write` span per batch: `rows` (messages in the batch), `partitions`,
-//! and once settled `stored`, `superseded`, `stale`, `dead_letters`,
+//! and once written `stored`, `superseded`, `stale`, `dead_letters`,
 //! `nacked` and `outcome` (`committed`, or `gave_up` when some were nacked).
 //! It links to the trace context each message was published in, at most
 //! [`crate::traces::MAX_LINKS_PER_SPAN`], sampled ones first; each
 //! dead-lettered message adds a `dead_letter` event with its `message_id` and
 //! `reason`. Each commit attempt is a child `commit` span (`attempt`, `rows`,
-//! `outcome`, `sqlstate` on failure; see `retry`).
+//! `outcome`, `sqlstate` on failure), opened by the store's retry policy.
 //!
 //! With tracing off, [`batch_span`] is `Span::none()` and nothing here looks
 //! at the messages; with it on, neither for a batch span the sampler drops.
@@ -15,9 +15,8 @@
 //! Public for `benches/pipeline.rs`, which measures this cost.
 
 use super::Written;
-use super::verdict::REJECTED_BY_DATABASE;
 use crate::pipeline::{Acknowledge, Envelope};
-use crate::stages::Record;
+use crate::stages::{Reason, Record};
 use crate::traces::{self, MessageContext};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Status, TraceContextExt as _};
@@ -55,8 +54,8 @@ pub fn partitions(parts: usize) {
     }
 }
 
-/// Records each message's fate on the batch span.
-pub fn settled<A: Acknowledge + MessageContext>(
+/// Records each message's verdict on the batch span.
+pub fn written<A: Acknowledge + MessageContext>(
     span: &Span,
     batch: &[Envelope<Record, A>],
     written: &[Written],
@@ -93,12 +92,12 @@ pub fn settled<A: Acknowledge + MessageContext>(
 fn dead_letter<A: Acknowledge + MessageContext>(span: &Span, env: &Envelope<Record, A>) {
     let (message_id, reason) = match &env.payload {
         Record::Dead(d) => (d.message_id.clone(), d.reason),
-        Record::Scan(s) => (s.order.message_id.to_string(), REJECTED_BY_DATABASE),
+        Record::Scan(s) => (s.order.message_id.to_string(), Reason::RejectedByDatabase),
         Record::Stale => return,
     };
     let mut attributes = vec![
         KeyValue::new("message_id", message_id),
-        KeyValue::new("reason", reason),
+        KeyValue::new("reason", reason.as_str()),
     ];
     if let Some(cx) = env.ack.trace_context() {
         attributes.push(KeyValue::new("message.trace_id", cx.trace_id().to_string()));

@@ -1,4 +1,7 @@
-//! Why a message is a dead letter, and the error decode returns.
+//! Why a message is a dead letter: one list for every stage that makes dead
+//! letters (decode, and the store for rows the database rejects), stored in
+//! `dead_letters.reason` and counted as the `reason` label of
+//! `miniscan_dead_letters_total`.
 
 use crate::pipeline::outcome::label_enum;
 
@@ -7,8 +10,7 @@ label_enum! {
     /// `dead_letters.reason` and are the `reason` label of
     /// `miniscan_dead_letters_total`, so they are a small fixed set: `ALL`
     /// (which the metrics are zero-initialised from, and the README lists).
-    /// Decode's reasons come in the order it checks them, then the write
-    /// stage's.
+    /// Decode's reasons come in the order it checks them, then the store's.
     pub enum Reason {
         /// Not UTF-8, not JSON, or not a JSON object.
         InvalidJson => "invalid_json",
@@ -31,28 +33,10 @@ label_enum! {
         /// `data.response_bytes_utf8` is not valid base64.
         InvalidBase64 => "invalid_base64",
         /// The message decodes, but PostgreSQL refuses its row for its data
-        /// (SQLSTATE class 22, 23 or 54). Given by the write stage, never by
-        /// decode.
+        /// (SQLSTATE class 22, 23 or 54). Given by the store (the write stage's
+        /// or `dead-letters replay`'s upsert), never by decode.
         RejectedByDatabase => "rejected_by_database",
     }
-}
-
-/// A message that does not decode, with its reason and a readable detail.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {detail}", reason.as_str())]
-pub struct Rejection {
-    /// The code.
-    pub reason: Reason,
-    /// What exactly was wrong (never contains NUL, so it fits a `text` column).
-    pub detail: String,
-}
-
-pub(super) fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
-    let mut detail = detail.into();
-    if detail.contains('\0') {
-        detail = detail.replace('\0', "\u{FFFD}");
-    }
-    Rejection { reason, detail }
 }
 
 #[cfg(test)]
@@ -73,10 +57,5 @@ mod tests {
                 "{r:?}"
             );
         }
-    }
-
-    #[test]
-    fn a_detail_never_holds_nul() {
-        assert_eq!(reject(Reason::InvalidIp, "a\0b").detail, "a\u{FFFD}b");
     }
 }

@@ -1,6 +1,6 @@
-//! Values for the stages' unit tests.
+//! Values for the unit tests of the stages and the store.
 
-use super::{DeadLetter, Order, Scan, ScanKey};
+use super::{DeadLetter, Order, Reason, Scan, ScanKey};
 
 /// A scan of key `key` (an address derived from it, port 80, `HTTP`) at `ts`,
 /// whose response names its timestamp and message id.
@@ -28,7 +28,7 @@ pub(crate) fn scan(key: u16, ts: i64, id: &str) -> Scan {
 pub(crate) fn dead_letter(id: &str) -> DeadLetter {
     DeadLetter {
         message_id: id.into(),
-        reason: "invalid_json",
+        reason: Reason::InvalidJson,
         detail: "not JSON".into(),
         payload: Default::default(),
         published_micros: 0,

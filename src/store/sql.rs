@@ -1,6 +1,10 @@
-//! The SQL of the write stage: binary COPY into a temporary staging table,
-//! then one newest-wins upsert that returns the rows it changed; dead letters
-//! in the same transaction.
+//! The store's SQL: binary COPY into a temporary staging table, then one
+//! newest-wins upsert that returns the rows it changed; dead letters in the
+//! same transaction.
+//!
+//! Public for the benches (`benches/write.rs` compares it with other ways of
+//! writing); the ingester and `dead-letters replay` reach it only through the
+//! store's surface.
 //!
 //! Pooler-safe: behind a transaction-mode pooler (pgbouncer `pool_mode =
 //! transaction`, Supavisor, Neon's pooler) each transaction may run on another
@@ -11,7 +15,7 @@
 //! (`query_typed`/`execute_typed`), and the COPY's statement (COPY needs one)
 //! is closed before `COMMIT` is sent.
 
-use crate::stages::{DeadLetter, Scan, micros_to_time};
+use crate::model::{DeadLetter, Scan, micros_to_time};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::{Sink, SinkExt, pin_mut};
 use postgres_types::Type;
@@ -148,7 +152,7 @@ fn field(buf: &mut BytesMut, encode: impl FnOnce(&mut BytesMut)) {
     encode(buf);
     // A field over 2 GiB cannot come from a Pub/Sub message (at most 10 MB);
     // should one appear, -2 is a length the server rejects as the data's
-    // fault (SQLSTATE 22P04), so the write stage dead-letters the row.
+    // fault (SQLSTATE 22P04), so the row is dead-lettered.
     let len = i32::try_from(buf.len() - at - 4).unwrap_or(-2);
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
@@ -205,8 +209,8 @@ pub async fn commit(
 /// Returns, for each scan in order, whether its row changed `scan_results`.
 ///
 /// The staged rows stay in the staging table until the transaction ends; a
-/// caller that upserts again in the same transaction (`dead-letters replay`,
-/// which isolates rejected rows under savepoints) empties it first with
+/// caller that upserts again in the same transaction (as
+/// [`super::upsert_isolating`] does, under savepoints) empties it first with
 /// [`CLEAR_STAGE_TABLE`].
 pub async fn upsert(
     tx: &tokio_postgres::Transaction<'_>,
@@ -258,7 +262,7 @@ async fn insert_dead_letters(
     dead: &[&DeadLetter],
 ) -> Result<(), tokio_postgres::Error> {
     let ids: Vec<&str> = dead.iter().map(|d| d.message_id.as_str()).collect();
-    let reasons: Vec<&str> = dead.iter().map(|d| d.reason).collect();
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
     let details: Vec<&str> = dead.iter().map(|d| d.detail.as_str()).collect();
     let payloads: Vec<&[u8]> = dead.iter().map(|d| &d.payload[..]).collect();
     let published: Vec<SystemTime> = dead
@@ -282,9 +286,9 @@ async fn insert_dead_letters(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::decode::{MAX_TIMESTAMP, MIN_TIMESTAMP};
-    use crate::stages::fixtures::scan;
-    use crate::stages::secs_to_time;
+    use crate::model::{MAX_TIMESTAMP, MIN_TIMESTAMP};
+    use crate::model::fixtures::scan;
+    use crate::model::secs_to_time;
     use postgres_types::{IsNull, ToSql};
 
     /// The COPY stream `BinaryCopyInWriter` would send for `scans`: each
