@@ -105,7 +105,8 @@ impl Ingester {
     /// Runs source → decode → dedup → batch → write → ack until `shutdown`
     /// stops the source, then drains: the partial batch is committed and
     /// acked (or, once `shutdown` aborts, nacked) before this returns, the
-    /// acks have been sent, and every background task has stopped.
+    /// acks have been sent, the dedup cache has learned what committed, and
+    /// every background task has stopped.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<AckSummary> {
         let c = &self.config;
         // Made here rather than in `build`: the sink gives up retrying when
@@ -134,10 +135,12 @@ impl Ingester {
             .transform(Decode, m)
             .transform(Dedup::new(self.orders.clone()), m)
             .batch(stage::BATCH, c.batch_max_rows, c.batch_max_wait, m)
-            .write(sink, c.write_concurrency, m)
+            .write(sink.clone(), c.write_concurrency, m)
             .ack(stage::ACK, m)
             .await;
 
+        // The acks are not waiting on this: the cache learns off their path.
+        sink.close().await;
         self.source.flush_acks(ACK_FLUSH_TIMEOUT).await;
         self.background.stop(BACKGROUND_STOP_TIMEOUT).await;
         tracing::info!(acked = summary.acked, nacked = summary.nacked, "stopped");

@@ -47,4 +47,3 @@ impl CachedEntry {
 pub(crate) fn read(cell: &OrderCell) -> MutexGuard<'_, Order> {
     cell.lock().unwrap_or_else(PoisonError::into_inner)
 }
-

@@ -28,10 +28,9 @@ pub use observe::Metrics;
 // The values that flow between the stages live a layer below, in
 // `crate::model`, so that the store can use them too; here for the stages'
 // own paths (`super::Scan`) and their users'.
+#[cfg(test)]
+pub(crate) use crate::model::fixtures;
 pub use crate::model::{
     DeadLetter, Order, Reason, Received, Record, Scan, ScanKey, micros_to_time, now_micros,
     secs_to_time,
 };
-#[cfg(test)]
-pub(crate) use crate::model::fixtures;
-

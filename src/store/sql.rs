@@ -286,9 +286,9 @@ async fn insert_dead_letters(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{MAX_TIMESTAMP, MIN_TIMESTAMP};
     use crate::model::fixtures::scan;
     use crate::model::secs_to_time;
+    use crate::model::{MAX_TIMESTAMP, MIN_TIMESTAMP};
     use postgres_types::{IsNull, ToSql};
 
     /// The COPY stream `BinaryCopyInWriter` would send for `scans`: each

@@ -50,8 +50,8 @@ mod tests;
 pub use crate::store::Written;
 
 use super::dedup::CommittedOrders;
-use crate::model::CachedEntry;
 use super::{Record, Scan, now_micros};
+use crate::model::CachedEntry;
 use crate::pipeline::{Acknowledge, Envelope, Outcome, Settle, Settlement, Shutdown, Sink};
 use crate::store::{
     BatchStore, Committed, Committer, Isolated, Layout, PgStore, Retry, Step, Verdicts,
@@ -64,6 +64,7 @@ use metrics::{counter, histogram};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 impl Settle for Written {
@@ -131,6 +132,9 @@ struct Inner<S> {
     committer: Committer<S>,
     partitions: usize,
     orders: CommittedOrders,
+    /// The tasks teaching `orders` what committed: owned here, so that
+    /// [`WriteSink::close`] can wait for them and none outlives the ingester.
+    learning: TaskTracker,
 }
 
 /// The PostgreSQL sink.
@@ -167,6 +171,7 @@ impl<S: BatchStore> WriteSink<S> {
                 committer: Committer::new(store, retry),
                 partitions: config.partitions,
                 orders,
+                learning: TaskTracker::new(),
             }),
         }
     }
@@ -245,11 +250,26 @@ impl<S: BatchStore> WriteSink<S> {
     /// lookup.
     fn learn(&self, learned: Vec<Learned>) -> JoinHandle<()> {
         let orders = self.inner.orders.clone();
-        tokio::task::spawn_blocking(move || {
+        self.inner.learning.spawn_blocking(move || {
             for (entry, key, order) in learned {
                 orders.committed_at(entry, key, order);
             }
         })
+    }
+
+    /// Waits for every task teaching the dedup cache to finish; call once the
+    /// pipeline has ended (no more batches). Batches written after this are
+    /// still taught, and a later `close` waits for them too.
+    pub async fn close(&self) {
+        let learning = &self.inner.learning;
+        learning.close();
+        learning.wait().await;
+        learning.reopen();
+    }
+
+    /// Cache-teaching tasks still running.
+    pub fn learning_tasks(&self) -> usize {
+        self.inner.learning.len()
     }
 }
 

@@ -336,3 +336,21 @@ async fn a_dead_letter_the_database_refuses_is_nacked() {
     assert!(!stage.learned(&scan(1, 10, "k1")));
     assert!(stage.store.state().dead.is_empty());
 }
+
+/// The tasks teaching the cache belong to the sink: `close` waits for every
+/// one of them, so none outlives the ingester that owns the sink.
+#[tokio::test]
+async fn close_waits_for_every_learning_task() {
+    let stage = Stage::new(Script::default(), 2);
+    let scans = winners(50);
+    let batch = records(&scans)
+        .into_iter()
+        .map(|r| Envelope::new(r, ()))
+        .collect();
+    // The handle is dropped, as the pipeline's `Sink::write` drops it.
+    let (written, _) = stage.sink.write_batch(batch).await;
+    assert!(written.iter().all(|e| e.payload == Written::Stored));
+    stage.sink.close().await;
+    assert_eq!(stage.sink.learning_tasks(), 0);
+    assert!(scans.iter().all(|s| stage.learned(s)));
+}
