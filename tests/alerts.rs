@@ -153,9 +153,7 @@ fn unit_test_cases() -> BTreeMap<String, Vec<bool>> {
         for test in doc["tests"].as_array().into_iter().flatten() {
             for case in test["alert_rule_test"].as_array().into_iter().flatten() {
                 let name = case["alertname"].as_str().unwrap_or("?").to_owned();
-                let fires = case["exp_alerts"]
-                    .as_array()
-                    .is_some_and(|a| !a.is_empty());
+                let fires = case["exp_alerts"].as_array().is_some_and(|a| !a.is_empty());
                 cases.entry(name).or_default().push(fires);
             }
         }
@@ -311,22 +309,29 @@ fn bytes(quantity: &str) -> u64 {
 #[test]
 fn memory_alert_falls_back_to_the_limit_both_deployments_set() {
     let deployment = stack::yaml("deploy/kubernetes/base/ingester-deployment.yaml");
-    let limit = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-        ["memory"]
-        .as_str()
-        .expect("the ingester has a memory limit");
+    let limit =
+        deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+            .as_str()
+            .expect("the ingester has a memory limit");
     let compose = stack::yaml("docker-compose.yml");
     let compose_limit = compose["services"]["ingester"]["mem_limit"]
         .as_str()
         .expect("compose's ingester has a mem_limit");
-    assert_eq!(bytes(limit), bytes(compose_limit), "{limit} vs {compose_limit}");
+    assert_eq!(
+        bytes(limit),
+        bytes(compose_limit),
+        "{limit} vs {compose_limit}"
+    );
     let rule = alerts()
         .into_iter()
         .find(|r| alert_name(r) == "MiniScanMemoryNearLimit")
         .expect("a memory alert");
     let expr = rule["expr"].as_str().unwrap_or("");
     assert!(
-        expr.contains(&format!("process_resident_memory_bytes / {} ", bytes(limit))),
+        expr.contains(&format!(
+            "process_resident_memory_bytes / {} ",
+            bytes(limit)
+        )),
         "the memory alert's fallback is not {limit} ({} bytes):\n{expr}",
         bytes(limit)
     );
@@ -692,20 +697,28 @@ async fn no_alert_on_a_healthy_run_and_the_database_alert_fires_and_clears() {
         .map(|i| Scan::new(&format!("192.0.2.{i}"), 443, "HTTP", 1_700_000_000, "ok").v2())
         .collect();
     ctx.publish(&scans).await;
-    wait_until(SERIES_TIMEOUT, "the ingester to ack the scans", async || {
-        ingester.assert_running();
-        let acks = ingester.acks().await;
-        if acks >= 50 {
-            Ok(())
-        } else {
-            Err(format!("{acks} acks"))
-        }
-    })
+    wait_until(
+        SERIES_TIMEOUT,
+        "the ingester to ack the scans",
+        async || {
+            ingester.assert_running();
+            let acks = ingester.acks().await;
+            if acks >= 50 {
+                Ok(())
+            } else {
+                Err(format!("{acks} acks"))
+            }
+        },
+    )
     .await;
 
     // Every series the rules read exists (but cAdvisor's).
     let mut wanted: BTreeSet<String> = BTreeSet::new();
-    for group in stack::yaml(RULES)["groups"].as_array().into_iter().flatten() {
+    for group in stack::yaml(RULES)["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         for rule in group["rules"].as_array().into_iter().flatten() {
             wanted.extend(selectors(rule["expr"].as_str().unwrap_or("")));
         }
