@@ -3,7 +3,9 @@
 //!
 //! * `text` (the default): tracing's human-readable lines, coloured only when
 //!   stderr is a terminal and `NO_COLOR` is unset or empty. A file, a pipe or
-//!   a cluster's log agent never sees ANSI escapes.
+//!   a cluster's log agent never sees ANSI escapes. One event is one line: a
+//!   line break or tab inside a field (a PostgreSQL error's second line, say)
+//!   is written as `\n`, `\r` or `\t`.
 //! * `json`: one JSON object per line, with the fields Google Cloud Logging
 //!   and other collectors map: `timestamp` (RFC 3339, UTC), `severity`
 //!   (`DEBUG`, `INFO`, `WARNING`, `ERROR`: Cloud Logging's names), `message`,
@@ -22,6 +24,7 @@
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_sdk::trace::SdkTracer;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::fmt;
 use std::io::IsTerminal;
 use std::sync::{Arc, OnceLock};
@@ -30,10 +33,11 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::field::{RecordFields, VisitOutput as _};
 use tracing_subscriber::filter::Targets;
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::format::{DefaultVisitor, JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormattedFields, MakeWriter};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -110,8 +114,14 @@ where
     let registry = tracing_subscriber::registry().with(filter).with(cell);
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     match format {
-        LogFormat::Text if terminal => Dispatch::new(registry.with(fmt).with(otel(tracer))),
-        LogFormat::Text => Dispatch::new(registry.with(fmt.with_ansi(false)).with(otel(tracer))),
+        LogFormat::Text if terminal => {
+            let text = fmt.fmt_fields(OneLineFields);
+            Dispatch::new(registry.with(text).with(otel(tracer)))
+        }
+        LogFormat::Text => {
+            let text = fmt.fmt_fields(OneLineFields).with_ansi(false);
+            Dispatch::new(registry.with(text).with(otel(tracer)))
+        }
         LogFormat::Json => Dispatch::new(
             registry
                 .with(
@@ -132,6 +142,76 @@ struct DispatchCell(Arc<OnceLock<WeakDispatch>>);
 impl<S: Subscriber> tracing_subscriber::Layer<S> for DispatchCell {
     fn on_register_dispatch(&self, dispatch: &Dispatch) {
         let _ = self.0.set(dispatch.downgrade());
+    }
+}
+
+/// The text format's fields: tracing's own ([`DefaultVisitor`], with its
+/// colours on a terminal), each value with its line breaks and tabs escaped
+/// ([`one_line`]), so that an event stays one line. `?` values and plain
+/// strings are escaped by `Debug` already; this catches `%` values, errors
+/// and the message.
+struct OneLineFields;
+
+impl<'writer> FormatFields<'writer> for OneLineFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = OneLineVisitor(DefaultVisitor::new(writer, true));
+        fields.record(&mut visitor);
+        visitor.0.finish()
+    }
+}
+
+/// `text` with `\n`, `\r` and `\t` in place of a line feed, a carriage
+/// return and a tab; borrowed when there is none.
+fn one_line(text: &str) -> Cow<'_, str> {
+    if !text.contains(['\n', '\r', '\t']) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Hands each field to tracing's visitor with [`one_line`] applied.
+struct OneLineVisitor<'writer>(DefaultVisitor<'writer>);
+
+impl Visit for OneLineVisitor<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.record_f64(field, value);
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.record_i64(field, value);
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.record_u64(field, value);
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.record_bool(field, value);
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.record_str(field, value);
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        // As tracing writes an error with causes, each part escaped.
+        let mut text = one_line(&value.to_string()).into_owned();
+        let sources: Vec<String> = std::iter::successors(value.source(), |e| e.source())
+            .map(|e| one_line(&e.to_string()).into_owned())
+            .collect();
+        if !sources.is_empty() {
+            text = format!("{text} {}.sources=[{}]", field.name(), sources.join(", "));
+        }
+        self.0.record_debug(field, &format_args!("{text}"));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = format!("{value:?}");
+        self.0
+            .record_debug(field, &format_args!("{}", one_line(&text)));
     }
 }
 

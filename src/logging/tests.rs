@@ -198,3 +198,78 @@ fn the_requested_format_is_read_from_a_command_line_that_may_not_parse() {
         "an invalid flag value falls back to the variable"
     );
 }
+
+/// What libpq-style clients (a pooler, the Cloud SQL proxy) report when the
+/// server is down: a second line, indented with a tab.
+const REFUSED: &str = "connection to server at \"127.0.0.1\", port 5432 failed: \
+    Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?";
+
+/// An error whose message and cause span lines, as a database error can.
+#[derive(Debug)]
+struct Refused(std::io::Error);
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REFUSED)
+    }
+}
+
+impl std::error::Error for Refused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+fn refused() -> Refused {
+    Refused(std::io::Error::other("line one\r\nline two"))
+}
+
+#[test]
+fn text_lines_stay_one_line_when_a_field_holds_a_multi_line_error() {
+    for terminal in [false, true] {
+        let out = capture(LogFormat::Text, terminal, || {
+            let span = tracing::info_span!("write", cause = %REFUSED);
+            let _span = span.enter();
+            let e = refused();
+            // The ways an error reaches a line: Display (`%`, as the stages
+            // log `Chain`), as an error, and in the message itself.
+            tracing::warn!(error = %crate::error::Chain(&e), "database unavailable; pausing the pipeline");
+            tracing::warn!(
+                error = &e as &(dyn std::error::Error + 'static),
+                "as an error"
+            );
+            tracing::warn!("in the message: {e}");
+        });
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines.len(),
+            3,
+            "terminal {terminal}: one line per event:\n{out}"
+        );
+        assert!(!out.contains('\t') && !out.contains('\r'), "{out:?}");
+        let escaped = "failed: Connection refused\\n\\tIs the server running on that host";
+        for line in &lines {
+            assert!(line.contains(escaped), "terminal {terminal}: {line}");
+        }
+        assert!(lines[0].contains("pausing the pipeline"), "{}", lines[0]);
+        assert!(lines[1].contains("line one\\r\\nline two"), "{}", lines[1]);
+    }
+}
+
+#[test]
+fn json_lines_keep_a_multi_line_error_exact() {
+    let out = capture(LogFormat::Json, false, || {
+        let e = refused();
+        tracing::warn!(error = %crate::error::Chain(&e), "database unavailable");
+    });
+    let lines = lines(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    let error = lines[0]["error"].as_str().expect("the error as a string");
+    assert!(error.starts_with(REFUSED), "{error}");
+}
+
+#[test]
+fn one_line_escapes_line_breaks_and_tabs_only() {
+    assert_eq!(one_line("a\nb\r\nc\td"), "a\\nb\\r\\nc\\td");
+    assert!(matches!(one_line("plain \"text\""), Cow::Borrowed(_)));
+}

@@ -61,6 +61,7 @@ const SERVED: &[(&str, &str)] = &[
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 ];
 
 const KUBECTL_HINT: &str = "kubectl (with kustomize v5) is needed to render deploy/kubernetes. \
@@ -284,6 +285,7 @@ fn every_kustomization_renders_the_objects_it_promises() {
                 "ScaledObject",
                 "TriggerAuthentication",
                 "PodMonitor",
+                "PrometheusRule",
             ],
         ),
         (
