@@ -29,6 +29,7 @@ mod common;
 mod provision;
 mod stack;
 
+mod alerts;
 mod compose;
 mod credentials;
 mod dead_letters;

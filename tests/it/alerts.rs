@@ -18,10 +18,7 @@
 //!   and starting it again clears the alert.
 //!
 //! Needs Debian's `prometheus` package (the server and promtool) besides what
-//! the shared harness in `tests/common` needs.
-
-mod common;
-mod stack;
+//! the shared harness in `tests/it/common` needs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -32,7 +29,7 @@ use mini_scan::telemetry::names;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use common::{DedicatedPostgres, Ingester, Scan, TestContext, free_port, wait_until};
+use crate::common::{DedicatedPostgres, Ingester, Scan, TestContext, free_port, wait_until};
 
 /// The one rules file.
 const RULES: &str = "prometheus/rules/mini-scan.yml";
@@ -72,13 +69,13 @@ fn prometheus_tool(name: &str) -> PathBuf {
     });
     on_path
         .or_else(|| Some(Path::new("/usr/bin").join(name)).filter(|p| p.is_file()))
-        .unwrap_or_else(|| panic!("{name} is not installed: {}", stack::PROMETHEUS_HINT))
+        .unwrap_or_else(|| panic!("{name} is not installed: {}", crate::stack::PROMETHEUS_HINT))
 }
 
 fn promtool(args: &[&str]) -> String {
     let out = Command::new(prometheus_tool("promtool"))
         .args(args)
-        .current_dir(stack::repo("."))
+        .current_dir(crate::stack::repo("."))
         .output()
         .expect("running promtool");
     let text = format!(
@@ -96,7 +93,7 @@ fn promtool(args: &[&str]) -> String {
 
 /// The files of `dir` (in the repository) ending in `suffix`, sorted.
 fn files(dir: &str, suffix: &str) -> Vec<String> {
-    let mut found: Vec<String> = std::fs::read_dir(stack::repo(dir))
+    let mut found: Vec<String> = std::fs::read_dir(crate::stack::repo(dir))
         .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.ends_with(suffix))
@@ -108,7 +105,7 @@ fn files(dir: &str, suffix: &str) -> Vec<String> {
 
 /// Every alerting rule of the rules file.
 fn alerts() -> Vec<Value> {
-    stack::yaml(RULES)["groups"]
+    crate::stack::yaml(RULES)["groups"]
         .as_array()
         .expect("the rules file has groups")
         .iter()
@@ -142,7 +139,7 @@ fn promtool_checks_the_rules_and_passes_their_unit_tests() {
 fn unit_test_cases() -> BTreeMap<String, Vec<bool>> {
     let mut cases: BTreeMap<String, Vec<bool>> = BTreeMap::new();
     for file in files(UNIT_TESTS, ".test.yml") {
-        let doc = stack::yaml(&file);
+        let doc = crate::stack::yaml(&file);
         let rule_files = doc["rule_files"].as_array().cloned().unwrap_or_default();
         assert!(
             rule_files.iter().any(|f| f
@@ -163,7 +160,7 @@ fn unit_test_cases() -> BTreeMap<String, Vec<bool>> {
 
 #[test]
 fn every_alert_has_a_severity_a_for_a_runbook_and_unit_tests_both_ways() {
-    let runbooks = stack::read(RUNBOOKS);
+    let runbooks = crate::stack::read(RUNBOOKS);
     let headings: BTreeSet<&str> = runbooks
         .lines()
         .filter_map(|l| l.strip_prefix("## "))
@@ -236,7 +233,7 @@ fn every_alert_has_a_severity_a_for_a_runbook_and_unit_tests_both_ways() {
 /// object's metadata, and the rules file (comments and all) indented under
 /// `spec:`, where a PrometheusRule keeps the same `groups:`.
 fn generated_prometheus_rule() -> String {
-    let rules = stack::read(RULES);
+    let rules = crate::stack::read(RULES);
     let mut out = String::from(
         "# GENERATED from prometheus/rules/mini-scan.yml by tests/alerts.rs: do not\n\
          # edit. Change the rules file, then regenerate this one with\n\
@@ -267,19 +264,22 @@ fn generated_prometheus_rule() -> String {
 fn prometheus_rule_is_generated_from_the_rules_file() {
     let want = generated_prometheus_rule();
     if std::env::var_os("MINISCAN_REGENERATE").is_some() {
-        std::fs::write(stack::repo(PROMETHEUS_RULE), &want)
+        std::fs::write(crate::stack::repo(PROMETHEUS_RULE), &want)
             .unwrap_or_else(|e| panic!("writing {PROMETHEUS_RULE}: {e}"));
     }
-    let have = std::fs::read_to_string(stack::repo(PROMETHEUS_RULE)).unwrap_or_default();
+    let have = std::fs::read_to_string(crate::stack::repo(PROMETHEUS_RULE)).unwrap_or_default();
     assert!(
         have == want,
         "{PROMETHEUS_RULE} is not generated from {RULES}: \
          MINISCAN_REGENERATE=1 cargo test --test alerts prometheus_rule"
     );
     // Parsed, its groups are the rules file's, and kustomize includes it.
-    let object = stack::yaml(PROMETHEUS_RULE);
-    assert_eq!(object["spec"]["groups"], stack::yaml(RULES)["groups"]);
-    let kustomization = stack::yaml("deploy/kubernetes/base/kustomization.yaml");
+    let object = crate::stack::yaml(PROMETHEUS_RULE);
+    assert_eq!(
+        object["spec"]["groups"],
+        crate::stack::yaml(RULES)["groups"]
+    );
+    let kustomization = crate::stack::yaml("deploy/kubernetes/base/kustomization.yaml");
     assert!(
         kustomization["resources"]
             .as_array()
@@ -308,12 +308,12 @@ fn bytes(quantity: &str) -> u64 {
 
 #[test]
 fn memory_alert_falls_back_to_the_limit_both_deployments_set() {
-    let deployment = stack::yaml("deploy/kubernetes/base/ingester-deployment.yaml");
+    let deployment = crate::stack::yaml("deploy/kubernetes/base/ingester-deployment.yaml");
     let limit =
         deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
             .as_str()
             .expect("the ingester has a memory limit");
-    let compose = stack::yaml("docker-compose.yml");
+    let compose = crate::stack::yaml("docker-compose.yml");
     let compose_limit = compose["services"]["ingester"]["mem_limit"]
         .as_str()
         .expect("compose's ingester has a mem_limit");
@@ -450,7 +450,7 @@ impl Prometheus {
             .prefix("miniscan-prometheus-")
             .tempdir()
             .expect("create a temporary directory for Prometheus");
-        let mut config = stack::yaml("prometheus/prometheus.yml");
+        let mut config = crate::stack::yaml("prometheus/prometheus.yml");
         config["global"]["scrape_interval"] = INTERVAL.into();
         config["global"]["evaluation_interval"] = INTERVAL.into();
         assert_eq!(
@@ -458,7 +458,7 @@ impl Prometheus {
             json!(["rules/*.yml"]),
             "prometheus.yml loads the rules next to it"
         );
-        config["rule_files"] = json!([stack::repo(RULES).display().to_string()]);
+        config["rule_files"] = json!([crate::stack::repo(RULES).display().to_string()]);
         let jobs = config["scrape_configs"]
             .as_array_mut()
             .expect("prometheus.yml has scrape_configs");
@@ -488,7 +488,7 @@ impl Prometheus {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone the log handle"))
             .stderr(log_file);
-        common::die_with_parent(&mut cmd, None);
+        crate::common::die_with_parent(&mut cmd, None);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
@@ -558,7 +558,11 @@ impl Prometheus {
     async fn last_evaluations(&self) -> Result<Vec<String>, String> {
         let data = self.api("/api/v1/rules", &[]).await?;
         let groups = data["groups"].as_array().cloned().unwrap_or_default();
-        if groups.len() != stack::yaml(RULES)["groups"].as_array().map_or(0, Vec::len) {
+        if groups.len()
+            != crate::stack::yaml(RULES)["groups"]
+                .as_array()
+                .map_or(0, Vec::len)
+        {
             return Err(format!("{} rule groups loaded", groups.len()));
         }
         Ok(groups
@@ -589,7 +593,7 @@ impl Prometheus {
     }
 
     fn log_tail(&self, lines: usize) -> String {
-        common::tail(&self.log, lines)
+        crate::common::tail(&self.log, lines)
     }
 }
 
@@ -636,7 +640,7 @@ async fn dead_letter_metrics(ctx: &TestContext) -> String {
         let file = format!("--metrics-file={}", path.display());
         let mut args = args;
         args.push(&file);
-        common::dead_letters::run(&ctx.db, &args).await;
+        crate::common::dead_letters::run(&ctx.db, &args).await;
         text.push_str(&std::fs::read_to_string(&path).expect("the metrics file"));
     }
     text
@@ -660,13 +664,13 @@ fn describe(alerts: &[Value]) -> String {
 /// dead-letters commands' gauges answers (tests/observability.rs checks the
 /// others): the SLO and dead-letter panels.
 fn rules_and_textfile_queries() -> Vec<(String, String)> {
-    let dashboard = stack::json(stack::DASHBOARD);
-    stack::dashboard_queries(&dashboard)
+    let dashboard = crate::stack::json(crate::stack::DASHBOARD);
+    crate::stack::dashboard_queries(&dashboard)
         .into_iter()
         .filter(|(_, expr)| {
             expr.contains("namespace_job:") || expr.contains(names::DEAD_LETTERS_LAST_RUN)
         })
-        .map(|(title, expr)| (title, stack::substitute(&expr, "15s")))
+        .map(|(title, expr)| (title, crate::stack::substitute(&expr, "15s")))
         .collect()
 }
 
@@ -714,7 +718,7 @@ async fn no_alert_on_a_healthy_run_and_the_database_alert_fires_and_clears() {
 
     // Every series the rules read exists (but cAdvisor's).
     let mut wanted: BTreeSet<String> = BTreeSet::new();
-    for group in stack::yaml(RULES)["groups"]
+    for group in crate::stack::yaml(RULES)["groups"]
         .as_array()
         .into_iter()
         .flatten()
