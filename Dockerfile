@@ -40,7 +40,7 @@ RUN mkdir src \
 # /usr/lib/debug, linked by .gnu_debuglink and the build id, where gdb and
 # perf look for them. Get that file with
 #   docker build --target debug-symbols --output type=local,dest=symbols .
-# tests/kubernetes.rs replays these objcopy steps on a test build.
+# tests/it/kubernetes.rs replays these objcopy steps on a test build.
 COPY src ./src
 COPY migrations ./migrations
 RUN touch src/main.rs src/lib.rs \

@@ -636,5 +636,27 @@ async fn bench(o: Options) -> anyhow::Result<()> {
     println!("{s}");
     let file = if o.null { "e2e.md" } else { "e2e-memory.md" };
     std::fs::write(support::out_dir().join(file), &s)?;
+    let per_msg = |p: &Phase| p.me * 1e6 / p.messages as f64;
+    let mut summary = vec![format!(
+        "ingester {:.0} msg/s{}",
+        ing.rate(),
+        null.map_or(String::new(), |n| format!(
+            ", {:.2}x the null consumer",
+            ing.rate() / n.rate()
+        ))
+    )];
+    summary.push(format!(
+        "ingester CPU {:.1} us per message{}",
+        per_msg(ing),
+        null.map_or(String::new(), |n| format!(
+            ", {:.1} beyond the null consumer",
+            per_msg(ing) - per_msg(n)
+        ))
+    ));
+    summary.push(format!(
+        "ingester peak RSS {:.1} MB",
+        peak_rss_kb as f64 / 1024.0
+    ));
+    support::summary("e2e", &summary);
     Ok(())
 }

@@ -18,15 +18,20 @@
 //! shared buffers and kB read from disk per row, checkpoints during the
 //! window, what the client backends waited on (`pg_stat_activity`, sampled
 //! every 50 ms), table and index size, and the share of HOT updates. Tables
-//! go to stdout and to `target/bench/growth.{md,csv}`; with `--plot PATH`
-//! rows/s and WAL/row against table size are drawn to PATH (docs/scaling.png).
+//! go to stdout and to `target/bench/growth.{md,csv}`, and rows/s and WAL/row
+//! against table size are drawn (`--plot`).
 //!
-//! Options: `--sizes 1000000,10000000,50000000`, `--measure-rows N` (rows
-//! written per size and variant, default 200000), `--variant NAME[:k=v,..]`
-//! (repeatable; `k` a server setting, or `batch` for rows per batch; default
-//! one variant `default` with no settings), `--batch N` (default for every
-//! variant: the ingester's), `--new-ratio F` (0.1), `--out-of-order F` (0.2),
-//! `--response-bytes N` (64), `--seed N`, `--plot PATH`, `--windows N` (1).
+//! Options: `--sizes N,N,..` (default 1000000,10000000: the first knee, in
+//! a few minutes; the documented curve adds 50000000), `--measure-rows N`
+//! (rows written per size and variant, default 200000), `--variant
+//! NAME[:k=v,..]` (repeatable; `k` a server setting, or `batch` for rows per
+//! batch; default two variants: `default`, PostgreSQL's own settings, and
+//! `recommended`, docs/SCALING.md's, so a plain `cargo bench` shows the
+//! curve of each beside the other), `--batch N` (default for every variant:
+//! the ingester's), `--new-ratio F` (0.1), `--out-of-order F` (0.2),
+//! `--response-bytes N` (64), `--seed N`, `--plot PATH` (default
+//! `target/bench/growth.png`; `--plot docs/scaling.png` refreshes the docs'
+//! figure), `--windows N` (1).
 //!
 //! With `--windows N` every variant writes N windows in a row after its
 //! checkpoint, with no restart or checkpoint of ours between them, and a
@@ -85,7 +90,7 @@ struct Options {
     out_of_order: f64,
     response_bytes: usize,
     seed: u64,
-    plot: Option<std::path::PathBuf>,
+    plot: std::path::PathBuf,
     /// Windows written in a row per size and variant, after one checkpoint.
     windows: usize,
 }
@@ -124,14 +129,14 @@ fn variant(spec: &str, batch: usize) -> anyhow::Result<Variant> {
 
 fn options() -> anyhow::Result<Options> {
     let mut o = Options {
-        sizes: vec![1_000_000, 10_000_000, 50_000_000],
+        sizes: vec![1_000_000, 10_000_000],
         measure_rows: 200_000,
         variants: Vec::new(),
         new_ratio: 0.1,
         out_of_order: 0.2,
         response_bytes: 64,
         seed: 1,
-        plot: None,
+        plot: support::out_dir().join("growth.png"),
         windows: 1,
     };
     let mut batch = defaults::BATCH_MAX_ROWS as usize;
@@ -156,13 +161,18 @@ fn options() -> anyhow::Result<Options> {
             "--out-of-order" => o.out_of_order = value()?.parse()?,
             "--response-bytes" => o.response_bytes = value()?.parse()?,
             "--seed" => o.seed = value()?.parse()?,
-            "--plot" => o.plot = Some(value()?.into()),
+            "--plot" => o.plot = value()?.into(),
             "--windows" => o.windows = value()?.parse()?,
             other => anyhow::bail!("unknown option {other:?}"),
         }
     }
     if specs.is_empty() {
         specs.push("default".to_owned());
+        let recommended: Vec<String> = support::recommended_settings()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        specs.push(format!("recommended:{}", recommended.join(",")));
     }
     o.variants = specs
         .iter()
@@ -651,7 +661,9 @@ async fn bench(o: Options) -> anyhow::Result<()> {
         o.measure_rows,
         support::machine()
     );
-    let pg = Postgres::start().await?;
+    // PostgreSQL's own settings: each variant applies its own with ALTER
+    // SYSTEM, which `-c` settings on the command line would override.
+    let pg = Postgres::start_with(&[]).await?;
     let version: String = pg
         .connect()
         .await?
@@ -694,11 +706,42 @@ async fn bench(o: Options) -> anyhow::Result<()> {
         }
     }
     report(&o, &version, &points)?;
-    if let Some(path) = &o.plot {
-        plot(path, &o, &points)?;
-        eprintln!("wrote {}", path.display());
+    match plot(&o.plot, &o, &points) {
+        Ok(()) => eprintln!("wrote {}", o.plot.display()),
+        Err(e) => eprintln!("no plot: {e:#}"),
     }
+    support::summary("growth", &summary(&o, &points));
     Ok(())
+}
+
+/// Each variant's rate at the largest size against its own at the smallest,
+/// and against the first variant's at the same size.
+fn summary(o: &Options, points: &[Point]) -> Vec<String> {
+    let first = |v: &str, size: u64| {
+        points
+            .iter()
+            .find(|p| p.variant == v && p.size == size && p.window == 0)
+            .map(Point::rate)
+    };
+    let (Some(&small), Some(&large)) = (o.sizes.first(), o.sizes.last()) else {
+        return Vec::new();
+    };
+    let base = &o.variants[0].name;
+    o.variants
+        .iter()
+        .filter_map(|v| {
+            let (at_small, at_large) = (first(&v.name, small)?, first(&v.name, large)?);
+            let vs_base = first(base, large).map_or(String::new(), |b| {
+                format!(", {:.2}x {base} at {large} keys", at_large / b)
+            });
+            Some(format!(
+                "{:<12} {:>7.0} rows/s at {large} keys: {:.2}x its rate at {small}{vs_base}",
+                v.name,
+                at_large,
+                at_large / at_small
+            ))
+        })
+        .collect()
 }
 
 /// One line on stderr per window.

@@ -24,7 +24,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use mini_scan::logging::{self, LogFormat};
 use mini_scan::pipeline::{
     Acknowledge, BatchPipelineExt, Envelope, PipelineExt, SettleExt, Sink, Transform,
@@ -471,4 +471,57 @@ criterion_group! {
     config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
     targets = bench_decode, bench_dedup, bench_merge, bench_pipeline, bench_tracing
 }
-criterion_main!(benches);
+/// `criterion_main!`, then a summary of this run's figures.
+fn main() {
+    let started = std::time::SystemTime::now();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    support::summary("pipeline", &summary(started));
+}
+
+/// CPU per message of `group/function`, from the estimate criterion wrote in
+/// this run (none if it ran before `since`, e.g. filtered out).
+fn per_message_ns(group: &str, function: &str, since: std::time::SystemTime) -> Option<f64> {
+    let dir = support::out_dir()
+        .parent()?
+        .join("criterion")
+        .join(group)
+        .join(function)
+        .join("new");
+    let read = |file: &str| -> Option<serde_json::Value> {
+        let path = dir.join(file);
+        if std::fs::metadata(&path).ok()?.modified().ok()? < since {
+            return None;
+        }
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    };
+    let ns = read("estimates.json")?["median"]["point_estimate"].as_f64()?;
+    let elements = read("benchmark.json")?["throughput"]["Elements"]
+        .as_f64()
+        .unwrap_or(1.0);
+    Some(ns / elements)
+}
+
+fn summary(since: std::time::SystemTime) -> Vec<String> {
+    let get = |g: &str, f: &str| per_message_ns(g, f, since);
+    let mut lines = Vec::new();
+    if let Some(p) = get("pipeline", "overhead") {
+        lines.push(format!(
+            "pipeline CPU {:.2} us per message (target <= 2){}",
+            p / 1000.0,
+            get("pipeline", "overhead_no_cache").map_or(String::new(), |n| format!(
+                ", {:.2}x that with the dedup cache off",
+                n / p
+            ))
+        ));
+    }
+    if let (Some(on), Some(off)) = (get("tracing", "on_1pct"), get("tracing", "off")) {
+        lines.push(format!("tracing on at 1% {:.2}x off", on / off));
+    }
+    if let (Some(v1), Some(v2)) = (get("decode", "v1"), get("decode", "v2")) {
+        lines.push(format!(
+            "decode {v1:.0} ns (V1), {v2:.0} ns (V2) per message"
+        ));
+    }
+    lines
+}

@@ -26,21 +26,23 @@
 //! Then variants of ours (ideas for speed) at the largest batch (for
 //! `pg_sink`, the ingester's write stage: 1 partition, 2, the defaults, and
 //! the defaults with every scan carrying its dedup-cache entry as the dedup
-//! stage hands scans on), and a sweep
-//! of batch sizes for ours, UNNEST and raw COPY, drawn in
-//! `docs/write-throughput.png`. Tables go to stdout and to
-//! `target/bench/write.{md,csv}`.
+//! stage hands scans on), and a sweep of batch sizes for ours, UNNEST and raw
+//! COPY, drawn in `target/bench/write-throughput.png` (`--plot PATH`;
+//! `--plot docs/write-throughput.png` refreshes the docs' figure). Tables go
+//! to stdout and to `target/bench/write.{md,csv}`.
 //!
-//! Options: `--rows N` (default 1000000), `--keys N` (default 100000),
-//! `--batches 1000,10000`, `--sweep 100,500,1000,2000,5000,10000,20000`
-//! (empty: no sweep), `--no-variants`, `--no-row-by-row`, `--repeat N`
-//! (rounds of the variants, reported as the median; default 3), `--only
-//! ID,..` (only these strategies: raw_copy, copy_upsert,
-//! copy_upsert_session, copy_upsert_session_count, unnest_upsert, row_by_row,
-//! pg_sink; e.g. to profile one), `--pooler` (only the pooler-safe path
-//! against the session-scoped ones: `copy_upsert` and both `copy_upsert_session`
-//! strategies at every batch size, `--repeat` rounds interleaved, no variants
-//! or sweep).
+//! Options: `--rows N` (default 200000), `--keys N` (default 20000),
+//! `--batches 1000,10000`, `--sweep 100,1000,5000,10000,20000` (empty: no
+//! sweep), `--no-variants`, `--no-row-by-row`, `--repeat N` (rounds of the
+//! variants, reported as the median; default 1), `--full` (the reference
+//! run of docs/benchmarks.md: 1M rows over 100k keys, 3 rounds, a 7-point
+//! sweep; about 10 minutes), `--only ID,..` (only these strategies:
+//! raw_copy, copy_upsert, copy_upsert_session, copy_upsert_session_count,
+//! unnest_upsert, row_by_row, pg_sink; e.g. to profile one), `--pooler`
+//! (only the pooler-safe path against the session-scoped ones: `copy_upsert`
+//! and both `copy_upsert_session` strategies at every batch size, `--repeat`
+//! rounds interleaved, no variants or sweep), `--plot PATH`. With no
+//! options (as `cargo bench` runs it) it takes about 2 minutes.
 
 #[path = "write/pooler.rs"]
 mod pooler;
@@ -196,6 +198,8 @@ struct Options {
     only: Vec<String>,
     /// Only the pooler-safe path against the session-scoped ones.
     pooler: bool,
+    /// Where the sweep is drawn.
+    plot: std::path::PathBuf,
 }
 
 impl Options {
@@ -217,15 +221,16 @@ fn list(v: &str) -> anyhow::Result<Vec<usize>> {
 
 fn options() -> anyhow::Result<Options> {
     let mut o = Options {
-        rows: 1_000_000,
-        keys: 100_000,
+        rows: 200_000,
+        keys: 20_000,
         batches: vec![1_000, 10_000],
-        sweep: vec![100, 500, 1_000, 2_000, 5_000, 10_000, 20_000],
+        sweep: vec![100, 1_000, 5_000, 10_000, 20_000],
         variants: true,
         row_by_row: true,
-        repeat: 3,
+        repeat: 1,
         only: Vec::new(),
         pooler: false,
+        plot: support::out_dir().join("write-throughput.png"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -240,6 +245,13 @@ fn options() -> anyhow::Result<Options> {
             "--repeat" => o.repeat = value()?.parse::<usize>()?.max(1),
             "--only" => o.only = value()?.split(',').map(str::to_string).collect(),
             "--pooler" => o.pooler = true,
+            "--plot" => o.plot = value()?.into(),
+            "--full" => {
+                o.rows = 1_000_000;
+                o.keys = 100_000;
+                o.repeat = 3;
+                o.sweep = vec![100, 500, 1_000, 2_000, 5_000, 10_000, 20_000];
+            }
             // `cargo bench` passes `--bench`; criterion-style filters are ignored.
             _ => {}
         }
@@ -703,14 +715,51 @@ async fn bench(o: Options) -> anyhow::Result<()> {
         dir.join("write.csv").display()
     );
     if !sweep.is_empty() {
-        let png =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/write-throughput.png");
-        match plot(&png, &sweep, &o) {
-            Ok(()) => eprintln!("wrote {}", png.display()),
+        match plot(&o.plot, &sweep, &o) {
+            Ok(()) => eprintln!("wrote {}", o.plot.display()),
             Err(e) => eprintln!("no plot: {e:#}"),
         }
     }
+    support::summary("write", &summary(&main, &variants));
     Ok(())
+}
+
+/// Ours and the whole write stage against UNNEST, at each batch size of the
+/// main table and at the variants' batch size (medians over the rounds).
+fn summary(main: &[Measured], variants: &[Measured]) -> Vec<String> {
+    let median = |s: Strategy, variant: &str| {
+        let mut r: Vec<f64> = variants
+            .iter()
+            .filter(|m| m.strategy == s && m.variant == variant)
+            .map(Measured::rate)
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied()
+    };
+    let mut lines = Vec::new();
+    for m in main.iter().filter(|m| m.strategy == Strategy::Ours) {
+        if let Some(u) = main
+            .iter()
+            .find(|u| u.strategy == Strategy::Unnest && u.batch == m.batch)
+        {
+            lines.push(format!(
+                "ours (COPY + upsert) {:.2}x UNNEST at {}-row batches",
+                m.rate() / u.rate(),
+                m.batch
+            ));
+        }
+    }
+    if let (Some(sink), Some(unnest)) = (
+        median(Strategy::Sink, "2 partitions x 2 in flight (default)"),
+        median(Strategy::Unnest, "baseline"),
+    ) {
+        lines.push(format!(
+            "the write stage at its defaults {:.2}x UNNEST at {}-row batches ({sink:.0} rows/s)",
+            sink / unnest,
+            variants[0].batch
+        ));
+    }
+    lines
 }
 
 fn ceiling(all: &[Measured], batch: usize) -> Option<f64> {

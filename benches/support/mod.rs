@@ -8,7 +8,12 @@
 //! PostgreSQL 15), and a fresh emulator per run (it slows down as topics and
 //! subscriptions pile up; `MINISCAN_BENCH_PUBSUB_EMULATOR` names another
 //! launcher). Both servers are children that get SIGKILL when the bench
-//! process dies, and are stopped when their handle drops.
+//! process dies, and are stopped when their handle drops. Our own cluster runs
+//! with the settings docs/SCALING.md recommends ([`recommended_settings`]),
+//! except where a bench sets its own (growth).
+//!
+//! Each bench ends by recording a few ratios with [`summary`]; the last bench
+//! of one `cargo bench` run prints them all.
 #![allow(dead_code)] // Each bench binary uses a different part.
 
 #[path = "../../tests/it/provision/mod.rs"]
@@ -32,11 +37,11 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Starts a fresh cluster with durable commits, or uses `DATABASE_URL`;
-    /// creates the bench database and applies the schema with
-    /// `mini_scan::db::migrate`.
+    /// Starts a fresh cluster with durable commits and the
+    /// [`recommended_settings`], or uses `DATABASE_URL`; creates the bench
+    /// database and applies the schema with `mini_scan::db::migrate`.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(&[]).await
+        Self::start_with(&recommended_settings()).await
     }
 
     /// [`Self::start`] with extra server settings (`-c name=value`) for our
@@ -276,6 +281,82 @@ pub fn order_of(i: u32, timestamp: i64) -> mini_scan::stages::Order {
         timestamp,
         published_micros: 1_700_000_000_000_000,
         message_id: format!("{}", 10_000_000_000u64 + u64::from(i)).into(),
+    }
+}
+
+/// The PostgreSQL settings docs/SCALING.md recommends for a large
+/// `scan_results`: compressed full-page images, checkpoints minutes apart,
+/// and a quarter of the machine's memory as shared buffers.
+pub fn recommended_settings() -> Vec<(String, String)> {
+    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(4 << 20);
+    [
+        ("wal_compression", "lz4".to_owned()),
+        ("max_wal_size", "16GB".to_owned()),
+        ("checkpoint_timeout", "30min".to_owned()),
+        (
+            "shared_buffers",
+            format!("{}MB", (mem_kb / 4 / 1024).max(128)),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// The benches `cargo bench` runs, each of which records a summary.
+const BENCHES: [&str; 5] = ["dedup_store", "e2e", "growth", "pipeline", "write"];
+
+/// Records `bench`'s summary lines for this run in
+/// `target/bench/summary/<bench>.txt` and prints them. When every bench of
+/// the same `cargo bench` (the same parent process) has recorded its lines,
+/// prints them all together and writes `target/bench/summary.md`: so the
+/// last bench to finish ends the run with the whole summary, whatever the
+/// order cargo runs them in.
+pub fn summary(bench: &str, lines: &[String]) {
+    let dir = out_dir().join("summary");
+    let _ = std::fs::create_dir_all(&dir);
+    let run = format!("run {}", std::os::unix::process::parent_id());
+    let mut text = format!("{run}\n");
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    let _ = std::fs::write(dir.join(format!("{bench}.txt")), &text);
+    let mut all = Vec::new();
+    for b in BENCHES {
+        let Ok(t) = std::fs::read_to_string(dir.join(format!("{b}.txt"))) else {
+            break;
+        };
+        let mut t = t.lines();
+        if t.next() != Some(run.as_str()) {
+            break;
+        }
+        all.push((b, t.map(str::to_owned).collect::<Vec<_>>()));
+    }
+    let mut out = String::new();
+    let shown: Vec<(&str, Vec<String>)> = if all.len() == BENCHES.len() {
+        out.push_str("\n== cargo bench: summary (docs/benchmarks.md explains each figure) ==\n");
+        all
+    } else {
+        out.push_str(&format!("\n== {bench}: summary ==\n"));
+        vec![(bench, lines.to_vec())]
+    };
+    for (b, ls) in &shown {
+        for l in ls {
+            out.push_str(&format!("{b:<12} {l}\n"));
+        }
+    }
+    println!("{out}");
+    if shown.len() == BENCHES.len() {
+        let _ = std::fs::write(out_dir().join("summary.md"), &out);
     }
 }
 

@@ -166,6 +166,9 @@ fn all_arguments(cmd: &clap::Command) -> Vec<&clap::Arg> {
 }
 
 #[cfg(test)]
+mod reference_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;

@@ -266,11 +266,11 @@ mod tests {
         }
     }
 
-    /// The README's metric table and dead-letter list name every series,
-    /// stage outcome and reason.
+    /// The observability page's metric table names every series, stage
+    /// outcome and reason.
     #[test]
-    fn the_readme_documents_every_name() {
-        let readme = include_str!("../../README.md");
+    fn the_docs_document_every_name() {
+        let readme = include_str!("../../docs/observability.md");
         let mut words = vec![
             MESSAGES_TOTAL,
             STAGE_DURATION,
@@ -295,7 +295,7 @@ mod tests {
         for word in words {
             assert!(
                 readme.contains(&format!("`{word}`")),
-                "README lacks `{word}`"
+                "docs/observability.md lacks `{word}`"
             );
         }
     }

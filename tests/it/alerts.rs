@@ -235,7 +235,7 @@ fn every_alert_has_a_severity_a_for_a_runbook_and_unit_tests_both_ways() {
 fn generated_prometheus_rule() -> String {
     let rules = crate::stack::read(RULES);
     let mut out = String::from(
-        "# GENERATED from prometheus/rules/mini-scan.yml by tests/alerts.rs: do not\n\
+        "# GENERATED from prometheus/rules/mini-scan.yml by tests/it/alerts.rs: do not\n\
          # edit. Change the rules file, then regenerate this one with\n\
          #   MINISCAN_REGENERATE=1 cargo test --test alerts prometheus_rule\n\
          #\n\
@@ -661,7 +661,7 @@ fn describe(alerts: &[Value]) -> String {
 }
 
 /// The dashboard's queries that only a Prometheus with the rules and the
-/// dead-letters commands' gauges answers (tests/observability.rs checks the
+/// dead-letters commands' gauges answers (tests/it/observability.rs checks the
 /// others): the SLO and dead-letter panels.
 fn rules_and_textfile_queries() -> Vec<(String, String)> {
     let dashboard = crate::stack::json(crate::stack::DASHBOARD);

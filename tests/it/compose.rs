@@ -600,7 +600,7 @@ fn dashboard_uses_its_variables_everywhere() {
         // Service-wide by design: the SLO's recording rules (summed per
         // namespace and job, with no instance) and the gauges the one-shot
         // dead-letters commands write (scraped from node_exporter, whose
-        // instance is no replica). tests/alerts.rs checks they have data.
+        // instance is no replica). tests/it/alerts.rs checks they have data.
         if expr.contains("namespace_job:") || expr.contains("miniscan_dead_letters_last_run_") {
             continue;
         }

@@ -306,7 +306,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let queries: Vec<(String, String)> = stack::dashboard_queries(&dashboard)
         .into_iter()
         // The SLO panels read recording rules and the dead-letter panels the
-        // one-shot commands' gauges: tests/alerts.rs, whose Prometheus has the
+        // one-shot commands' gauges: tests/it/alerts.rs, whose Prometheus has the
         // rules and a textfile target, checks those.
         .filter(|(_, expr)| {
             !expr.contains("namespace_job:") && !expr.contains("miniscan_dead_letters_last_run_")

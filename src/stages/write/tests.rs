@@ -2,7 +2,7 @@
 //! isolation, retries and verdicts, the stage's partitions and cache
 //! learning) over a [`BatchStore`] that keeps its table in memory and fails
 //! as a script says. The same paths run against a real PostgreSQL in
-//! `tests/ingest.rs`.
+//! `tests/it/ingest.rs`.
 
 use super::*;
 use crate::stages::fixtures::{dead_letter, scan};
