@@ -731,9 +731,12 @@ fn summary(o: &Options, points: &[Point]) -> Vec<String> {
         .iter()
         .filter_map(|v| {
             let (at_small, at_large) = (first(&v.name, small)?, first(&v.name, large)?);
-            let vs_base = first(base, large).map_or(String::new(), |b| {
-                format!(", {:.2}x {base} at {large} keys", at_large / b)
-            });
+            let vs_base = match first(base, large) {
+                Some(b) if &v.name != base => {
+                    format!(", {:.2}x {base} at {large} keys", at_large / b)
+                }
+                _ => String::new(),
+            };
             Some(format!(
                 "{:<12} {:>7.0} rows/s at {large} keys: {:.2}x its rate at {small}{vs_base}",
                 v.name,

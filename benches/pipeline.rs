@@ -510,7 +510,7 @@ fn summary(since: std::time::SystemTime) -> Vec<String> {
             "pipeline CPU {:.2} us per message (target <= 2){}",
             p / 1000.0,
             get("pipeline", "overhead_no_cache").map_or(String::new(), |n| format!(
-                ", {:.2}x that with the dedup cache off",
+                "; with the dedup cache off, {:.2}x that",
                 n / p
             ))
         ));

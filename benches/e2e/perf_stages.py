@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Attributes collapsed perf stacks to the ingester's stages (docs/BENCHMARKS.md, section 9).
+"""Attributes collapsed perf stacks to the ingester's stages (docs/benchmarks.md, e2e).
 
 Usage: perf_stages.py STACKS.folded [STAGE]   (STACKS from `perf script | inferno-collapse-perf --all`)
 
