@@ -61,7 +61,7 @@ pub mod traces;
 /// allocates and frees a few dozen blocks of very different sizes (pull
 /// responses, decoded rows, batches, COPY buffers, `RETURNING` rows); glibc's
 /// malloc spent ~10% of its sampled CPU on them, much of it consolidating
-/// free lists (`malloc_consolidate`, `unlink_chunk`). docs/BENCHMARKS.md
+/// free lists (`malloc_consolidate`, `unlink_chunk`). docs/benchmarks.md
 /// section 10 has the before/after.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]

@@ -188,7 +188,7 @@ impl Tally {
 
 /// Most publishes awaiting the server's answer: enough to keep the client's
 /// batches full at the fastest rate the scanner is asked for (the load
-/// generator's, docs/BENCHMARKS.md), few enough to bound memory.
+/// generator's, docs/benchmarks.md), few enough to bound memory.
 const MAX_PENDING: usize = 50_000;
 
 /// With tracing on, a `publish` span for one message (it lasts until the

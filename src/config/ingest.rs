@@ -26,15 +26,15 @@ pub mod defaults {
     pub const METRICS_ADDR: SocketAddr =
         SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9000));
     /// Messages per transaction: the batch size the write strategies in
-    /// docs/BENCHMARKS.md were measured at.
+    /// docs/benchmarks.md (write) were measured at.
     pub const BATCH_MAX_ROWS: u32 = 1000;
     /// A trickle of messages is still committed within a tenth of a second.
     pub const BATCH_MAX_WAIT_MS: u64 = 100;
     /// With [`WRITE_PARTITIONS`], the fastest write-stage setting measured on
-    /// two cores (docs/BENCHMARKS.md, "2 partitions × 2 in flight").
+    /// two cores (docs/benchmarks.md, write).
     pub const WRITE_CONCURRENCY: u32 = 2;
     /// Disjoint key partitions were the one write lever that scaled
-    /// (docs/BENCHMARKS.md).
+    /// (docs/benchmarks.md, write).
     pub const WRITE_PARTITIONS: u32 = 2;
     /// One connection per concurrent transaction: write concurrency × write
     /// partitions.
@@ -42,13 +42,14 @@ pub mod defaults {
     /// Several streams side by side, because the emulator and the service
     /// both cap what one stream delivers. More, smaller streams drained a
     /// backlog as fast as the best null consumer where fewer, larger ones
-    /// fell behind: the measurements are in docs/BENCHMARKS.md, section 8
+    /// fell behind: the measurements are in
+    /// docs/decisions/0004-16-streams-of-500.md
     /// (figures live there, with their commands, rather than here, where
     /// they would go stale).
     pub const STREAMS: u32 = 16;
     /// Per stream; with the streams, bounds the messages held in memory
     /// ([`STREAMS`] times this: the same window as before the streams were
-    /// split, see docs/BENCHMARKS.md, section 8).
+    /// split, see docs/decisions/0004-16-streams-of-500.md).
     pub const MAX_OUTSTANDING_MESSAGES: u32 = 500;
     /// Per stream: 5 MiB, so 16 streams keep the former 80 MiB window.
     pub const MAX_OUTSTANDING_BYTES: u64 = 5 * 1024 * 1024;

@@ -39,8 +39,8 @@ pub struct CommittedOrders {
 /// Up to this many keys, the cache's hash table is allocated whole at start
 /// (moka's `initial_capacity`, about 20 bytes per key) instead of doubling as
 /// it fills: each doubling rehashes every entry, which shows in the cost per
-/// message while the cache fills (measured in docs/BENCHMARKS.md, section
-/// 10). A cache that is full already no longer resizes, so this pays at
+/// message while the cache fills (measured: docs/decisions/
+/// 0005-the-dedup-cache-stays-on.md). A cache that is full already no longer resizes, so this pays at
 /// start-up, after every restart. A larger cache still grows from there, so
 /// a capacity set far above the key space does not allocate up front for
 /// keys it will never see.
@@ -89,8 +89,8 @@ impl CommittedOrders {
     /// is inserted. Two learners that both find the key missing both insert,
     /// and the last one stays, which is again a lower bound. Updating in
     /// place costs far less CPU per message than a moka insert
-    /// (`benches/dedup_store.rs`; the figures are in docs/BENCHMARKS.md,
-    /// section 10).
+    /// (`benches/dedup_store.rs`; the figures are in
+    /// docs/decisions/0005-the-dedup-cache-stays-on.md).
     pub fn committed(&self, key: ScanKey, order: Order) {
         self.committed_at(None, key, order);
     }

@@ -5,7 +5,7 @@
 //! span of the batch that wrote it, with the same trace id.
 //!
 //! `cargo test --test traces -- --nocapture` prints the received spans as a
-//! tree (the README's "Traces" section shows one).
+//! tree (docs/observability.md, "Traces", shows one).
 
 use crate::common;
 use crate::common::{TestContext, binary_command, run_to_completion, wait_until};
