@@ -237,7 +237,7 @@ fn generated_prometheus_rule() -> String {
     let mut out = String::from(
         "# GENERATED from prometheus/rules/mini-scan.yml by tests/it/alerts.rs: do not\n\
          # edit. Change the rules file, then regenerate this one with\n\
-         #   MINISCAN_REGENERATE=1 cargo test --test alerts prometheus_rule\n\
+         #   MINISCAN_REGENERATE=1 cargo test --test it -- alerts::prometheus_rule\n\
          #\n\
          # The Prometheus Operator loads it into every Prometheus whose\n\
          # ruleSelector matches its labels (kube-prometheus-stack's default wants\n\
@@ -271,7 +271,7 @@ fn prometheus_rule_is_generated_from_the_rules_file() {
     assert!(
         have == want,
         "{PROMETHEUS_RULE} is not generated from {RULES}: \
-         MINISCAN_REGENERATE=1 cargo test --test alerts prometheus_rule"
+         MINISCAN_REGENERATE=1 cargo test --test it -- alerts::prometheus_rule"
     );
     // Parsed, its groups are the rules file's, and kustomize includes it.
     let object = crate::stack::yaml(PROMETHEUS_RULE);

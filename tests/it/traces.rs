@@ -4,7 +4,7 @@
 //! crosses Pub/Sub in its attributes and ends up as a link on the `write`
 //! span of the batch that wrote it, with the same trace id.
 //!
-//! `cargo test --test traces -- --nocapture` prints the received spans as a
+//! `cargo test --test it -- traces:: --nocapture` prints the received spans as a
 //! tree (docs/observability.md, "Traces", shows one).
 
 use crate::common;
