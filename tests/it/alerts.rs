@@ -21,15 +21,14 @@
 //! the shared harness in `tests/it/common` needs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mini_scan::telemetry::names;
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
-use crate::common::{DedicatedPostgres, Ingester, Scan, TestContext, free_port, wait_until};
+use crate::common::prometheus::{self, Prometheus};
+use crate::common::{DedicatedPostgres, Ingester, Scan, TestContext, wait_until};
 
 /// The one rules file.
 const RULES: &str = "prometheus/rules/mini-scan.yml";
@@ -47,8 +46,6 @@ const KUBERNETES_ONLY: &[&str] = &["container_spec_memory_limit_bytes"];
 
 /// Scrape and rule evaluation interval of the test's Prometheus.
 const INTERVAL: &str = "1s";
-/// Prometheus starts in about a second; the margin is for a busy machine.
-const PROMETHEUS_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// From the first scrapes to every series and panel query having data.
 const SERIES_TIMEOUT: Duration = Duration::from_secs(90);
 /// Past the database alert's `for:`: the probe noticing the outage (its
@@ -60,20 +57,8 @@ const CLEAR_TIMEOUT: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------
 // promtool and the rules file
 
-/// `name` from PATH, else Debian's /usr/bin; fails naming the package.
-fn prometheus_tool(name: &str) -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    });
-    on_path
-        .or_else(|| Some(Path::new("/usr/bin").join(name)).filter(|p| p.is_file()))
-        .unwrap_or_else(|| panic!("{name} is not installed: {}", crate::stack::PROMETHEUS_HINT))
-}
-
 fn promtool(args: &[&str]) -> String {
-    let out = Command::new(prometheus_tool("promtool"))
+    let out = Command::new(prometheus::tool("promtool"))
         .args(args)
         .current_dir(crate::stack::repo("."))
         .output()
@@ -420,36 +405,13 @@ fn selectors_finds_what_an_expression_reads() {
     );
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("build an HTTP client")
-}
-
-/// A Prometheus server with the repository's rules, run for one test; killed
-/// when dropped (and by the kernel if the test binary dies first).
-struct Prometheus {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    http: reqwest::Client,
-    _dir: TempDir,
-}
-
 impl Prometheus {
-    /// Starts Prometheus with the repository's `prometheus/prometheus.yml`:
+    /// Prometheus with the repository's `prometheus/prometheus.yml`:
     /// its service discovery replaced by the static `ingester` target, every
     /// interval [`INTERVAL`], the rules loaded from the repository, and one
     /// more job, `textfile`, scraping `textfile` (node_exporter's textfile
     /// collector as the dead-letters commands feed it).
-    async fn start(ingester: &str, textfile: &str) -> Self {
-        let binary = prometheus_tool("prometheus");
-        let dir = tempfile::Builder::new()
-            .prefix("miniscan-prometheus-")
-            .tempdir()
-            .expect("create a temporary directory for Prometheus");
+    async fn with_rules(ingester: &str, textfile: &str) -> Self {
         let mut config = crate::stack::yaml("prometheus/prometheus.yml");
         config["global"]["scrape_interval"] = INTERVAL.into();
         config["global"]["evaluation_interval"] = INTERVAL.into();
@@ -472,69 +434,7 @@ impl Prometheus {
             "job_name": "textfile",
             "static_configs": [{ "targets": [textfile] }],
         }));
-        let config_path = dir.path().join("prometheus.yml");
-        // JSON is YAML: Prometheus reads it as its config.
-        std::fs::write(&config_path, config.to_string()).expect("write the Prometheus config");
-        let port = free_port();
-        let log = dir.path().join("prometheus.log");
-        let log_file = std::fs::File::create(&log).expect("create the Prometheus log");
-        let mut cmd = Command::new(&binary);
-        cmd.arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone the log handle"))
-            .stderr(log_file);
-        crate::common::die_with_parent(&mut cmd, None);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-        let prometheus = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-            http: http(),
-            _dir: dir,
-        };
-        let ready = format!("{}/-/ready", prometheus.base);
-        wait_until(
-            PROMETHEUS_START_TIMEOUT,
-            "Prometheus to be ready",
-            async || match prometheus.http.get(&ready).send().await {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("{}", r.status())),
-                Err(e) => Err(e.to_string()),
-            },
-        )
-        .await;
-        prometheus
-    }
-
-    /// `data` of a GET on the API, or why there is none.
-    async fn api(&self, path: &str, params: &[(&str, &str)]) -> Result<Value, String> {
-        let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.base), params)
-            .map_err(|e| e.to_string())?;
-        let answer: Value = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        if answer["status"] != "success" {
-            return Err(answer.to_string());
-        }
-        Ok(answer["data"].clone())
-    }
-
-    async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
-        let data = self.api("/api/v1/query", &[("query", expr)]).await?;
-        Ok(data["result"].as_array().cloned().unwrap_or_default())
+        Self::start(&config).await
     }
 
     /// How many series match `selector`.
@@ -590,20 +490,6 @@ impl Prometheus {
             },
         )
         .await;
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        crate::common::tail(&self.log, lines)
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- Prometheus log ---\n{}", self.log_tail(30));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -694,7 +580,7 @@ async fn no_alert_on_a_healthy_run_and_the_database_alert_fires_and_clears() {
         .start_ingester(&[("MINISCAN_RETRY_MAX_MS", "300")])
         .await;
     let textfile = serve_textfile(dead_letter_metrics(&ctx).await).await;
-    let prometheus = Prometheus::start(&ingester.metrics_addr, &textfile).await;
+    let prometheus = Prometheus::with_rules(&ingester.metrics_addr, &textfile).await;
 
     // A healthy run: some scans stored, so the histograms exist.
     let scans: Vec<Vec<u8>> = (0..50)

@@ -12,19 +12,16 @@
 //! Needs Debian's `prometheus` package (the server and promtool) besides what
 //! the shared harness in `tests/it/common` needs.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use mini_scan::stages::decode::MALFORMED;
 use mini_scan::telemetry::names;
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 use crate::common;
-use crate::common::{
-    DedicatedPostgres, Ingester, Scan, TestContext, binary_command, free_port, wait_until,
-};
+use crate::common::prometheus::{Prometheus, http};
+use crate::common::{DedicatedPostgres, Ingester, Scan, TestContext, binary_command, wait_until};
 use crate::stack;
 
 /// The scrape (and evaluation) interval of the test's Prometheus: short, so
@@ -48,136 +45,6 @@ const OUTAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Retries while the database is down, capped low so recovery is seen quickly.
 const RETRY_MAX_MS: &str = "300";
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("build an HTTP client")
-}
-
-/// A Prometheus server run for one test; killed when dropped (and by the
-/// kernel if the test binary dies first).
-struct Prometheus {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    http: reqwest::Client,
-    _dir: TempDir,
-}
-
-impl Prometheus {
-    /// Starts Prometheus with the repository's config, scraping only `target`
-    /// (`host:port`), and waits until it is ready.
-    async fn start(target: &str) -> Self {
-        let binary = prometheus_binary();
-        let dir = tempfile::Builder::new()
-            .prefix("miniscan-prometheus-")
-            .tempdir()
-            .expect("create a temporary directory for Prometheus");
-        let config_path = dir.path().join("prometheus.yml");
-        // JSON is YAML: Prometheus reads it as its config.
-        std::fs::write(&config_path, test_config(target).to_string())
-            .expect("write the Prometheus config");
-        let port = free_port();
-        let log = dir.path().join("prometheus.log");
-        let log_file = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("create the Prometheus log");
-        let mut cmd = Command::new(&binary);
-        cmd.arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("clone the log handle"))
-            .stderr(log_file);
-        common::die_with_parent(&mut cmd, None);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
-        let prometheus = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-            http: http(),
-            _dir: dir,
-        };
-        let ready = format!("{}/-/ready", prometheus.base);
-        wait_until(
-            PROMETHEUS_START_TIMEOUT,
-            "Prometheus to be ready",
-            async || match prometheus.http.get(&ready).send().await {
-                Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("{}", r.status())),
-                Err(e) => Err(e.to_string()),
-            },
-        )
-        .await;
-        prometheus
-    }
-
-    /// An instant query's result vector, or why there is none.
-    async fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
-        let url = reqwest::Url::parse_with_params(
-            &format!("{}/api/v1/query", self.base),
-            &[("query", expr)],
-        )
-        .map_err(|e| e.to_string())?;
-        let answer: Value = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        if answer["status"] != "success" {
-            return Err(answer.to_string());
-        }
-        Ok(answer["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        common::tail(&self.log, lines)
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- Prometheus log ---\n{}", self.log_tail(30));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `prometheus` from PATH, else Debian's path; fails with what to install.
-fn prometheus_binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("prometheus"))
-            .find(|p| p.is_file())
-    });
-    on_path
-        .or_else(|| Some(PathBuf::from("/usr/bin/prometheus")).filter(|p| p.is_file()))
-        .unwrap_or_else(|| {
-            panic!(
-                "the Prometheus server is not installed: {}",
-                stack::PROMETHEUS_HINT
-            )
-        })
-}
 
 /// The repository's `prometheus/prometheus.yml` with every service discovery
 /// replaced by the one static `target`, and every interval by
@@ -325,7 +192,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let ingester = ctx
         .start_ingester(&[("MINISCAN_RETRY_MAX_MS", RETRY_MAX_MS)])
         .await;
-    let prometheus = Prometheus::start(&ingester.metrics_addr).await;
+    let prometheus = Prometheus::start(&test_config(&ingester.metrics_addr)).await;
     wait_until(
         PROMETHEUS_START_TIMEOUT,
         "Prometheus to scrape the ingester",

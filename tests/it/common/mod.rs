@@ -29,6 +29,7 @@
 pub mod dead_letters;
 pub mod ingester;
 pub mod postgres;
+pub mod prometheus;
 pub mod pubsub;
 pub mod scans;
 pub mod tls;
