@@ -24,38 +24,9 @@ const RECENT: usize = 1024;
 const SEEDED_EPOCH: i64 = 1_700_000_000;
 const SEEDED_PER_SECOND: u64 = 1000;
 
-/// What the generator makes.
-#[derive(Clone, Debug)]
-pub struct GenConfig {
-    /// Key-space size (None: the original scanner's).
-    pub keys: Option<u64>,
-    /// Fraction in V1 format.
-    pub v1_ratio: f64,
-    /// Fraction repeating an earlier message exactly.
-    pub duplicate_ratio: f64,
-    /// Fraction with an older timestamp.
-    pub out_of_order_ratio: f64,
-    /// Fraction malformed.
-    pub malformed_ratio: f64,
-    /// Response size (None: "service response: N").
-    pub response_bytes: Option<usize>,
-    /// Seed (None: random, wall-clock timestamps).
-    pub seed: Option<u64>,
-}
-
-impl From<&ScanConfig> for GenConfig {
-    fn from(a: &ScanConfig) -> Self {
-        Self {
-            keys: a.keys,
-            v1_ratio: a.v1_ratio,
-            duplicate_ratio: a.duplicate_ratio,
-            out_of_order_ratio: a.out_of_order_ratio,
-            malformed_ratio: a.malformed_ratio,
-            response_bytes: a.response_bytes,
-            seed: a.seed,
-        }
-    }
-}
+/// What the generator makes: the scanner's validated settings carry one
+/// ([`ScanConfig::generator`]); benches build their own.
+pub use crate::config::GenConfig;
 
 /// Makes scan messages.
 #[derive(Debug)]
@@ -230,7 +201,7 @@ pub async fn publish(
         .publisher(&topic, args.publish_batch)
         .await
         .with_context(|| format!("cannot build a publisher for {topic}"))?;
-    let mut generator = Generator::new(GenConfig::from(args));
+    let mut generator = Generator::new(args.generator.clone());
     let mut pending = FuturesUnordered::new();
     let mut tally = Tally::default();
     let started = tokio::time::Instant::now();

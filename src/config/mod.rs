@@ -18,7 +18,7 @@ pub mod scan;
 
 pub use dead_letters::{DeadLettersArgs, DeadLettersCommand};
 pub use ingest::{IngestArgs, IngestConfig, defaults};
-pub use scan::{ScanArgs, ScanConfig, SetupArgs};
+pub use scan::{GenConfig, ScanArgs, ScanConfig, SetupArgs};
 
 use clap::{Args, Parser, Subcommand};
 

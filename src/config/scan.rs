@@ -140,19 +140,26 @@ pub struct ScanConfig {
     pub count: Option<u64>,
     /// Messages per publish request, 1..=1000.
     pub publish_batch: u32,
-    /// Size of the key space (None: the original scanner's).
+    /// What the generator makes.
+    pub generator: GenConfig,
+}
+
+/// What the generator makes.
+#[derive(Clone, Debug)]
+pub struct GenConfig {
+    /// Key-space size (None: the original scanner's).
     pub keys: Option<u64>,
-    /// Fraction of messages in the V1 format.
+    /// Fraction in V1 format.
     pub v1_ratio: f64,
-    /// Fraction of exact repeats.
+    /// Fraction repeating an earlier message exactly.
     pub duplicate_ratio: f64,
-    /// Fraction of messages older than their key's newest.
+    /// Fraction with an older timestamp.
     pub out_of_order_ratio: f64,
-    /// Fraction of malformed messages.
+    /// Fraction malformed.
     pub malformed_ratio: f64,
-    /// Response size in bytes (None: "service response: N").
+    /// Response size (None: "service response: N").
     pub response_bytes: Option<usize>,
-    /// Random seed (None: random, wall-clock timestamps).
+    /// Seed (None: random, wall-clock timestamps).
     pub seed: Option<u64>,
 }
 
@@ -167,13 +174,15 @@ impl TryFrom<ScanArgs> for ScanConfig {
             rate: a.rate,
             count: a.count,
             publish_batch: a.publish_batch,
-            keys: a.keys,
-            v1_ratio: a.v1_ratio,
-            duplicate_ratio: a.duplicate_ratio,
-            out_of_order_ratio: a.out_of_order_ratio,
-            malformed_ratio: a.malformed_ratio,
-            response_bytes: a.response_bytes,
-            seed: a.seed,
+            generator: GenConfig {
+                keys: a.keys,
+                v1_ratio: a.v1_ratio,
+                duplicate_ratio: a.duplicate_ratio,
+                out_of_order_ratio: a.out_of_order_ratio,
+                malformed_ratio: a.malformed_ratio,
+                response_bytes: a.response_bytes,
+                seed: a.seed,
+            },
         })
     }
 }
