@@ -225,15 +225,7 @@ pub fn machine() -> String {
                 .map(|s| s.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into());
-    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0);
+    let mem_kb = mem_total_kb().unwrap_or(0);
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -284,19 +276,21 @@ pub fn order_of(i: u32, timestamp: i64) -> mini_scan::stages::Order {
     }
 }
 
+/// The machine's memory in kB (`MemTotal`, the first line of /proc/meminfo).
+fn mem_total_kb() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
 /// The PostgreSQL settings docs/SCALING.md recommends for a large
 /// `scan_results`: compressed full-page images, checkpoints minutes apart,
 /// and a quarter of the machine's memory as shared buffers.
 pub fn recommended_settings() -> Vec<(String, String)> {
-    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(4 << 20);
+    let mem_kb = mem_total_kb().unwrap_or(4 << 20);
     [
         ("wal_compression", "lz4".to_owned()),
         ("max_wal_size", "16GB".to_owned()),
