@@ -32,7 +32,7 @@ const SCRAPE_INTERVAL: &str = "1s";
 /// intervals; a wider window tolerates a late scrape on a busy machine.
 const RATE_INTERVAL: &str = "15s";
 
-/// Prometheus starts in about a second; the margin is for a busy machine.
+/// Prometheus starts and scrapes the ingester within seconds; the margin is for a busy machine.
 const PROMETHEUS_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// From the first scrapes to every query having answered: a few rate windows.
